@@ -1,0 +1,281 @@
+/*
+ * mm/mm-internal.h - the host, the frame table and the heaps, as the engine sees them.
+ *
+ * Shared by every engine folder (p2m/, pv/, shadow/, ...) and by the tests, never
+ * installed. Public types are in include/memvirt/; everything here is mv__ and hidden.
+ */
+#ifndef MV_MM_INTERNAL_H
+#define MV_MM_INTERNAL_H
+
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <string.h>
+
+#include <memvirt/memvirt.h>
+
+#include "lock.h"
+
+/* ---- Graded checks (STYLE.md 5) ------------------------------------------------------ */
+
+/*
+ * MV_BUG: an engine bug (never a guest's input). Debug builds stop at once, keeping the
+ * message where a debugger finds it (mv__bug_message); release builds do the same - an
+ * engine that has lost its invariants must not go on handing out memory.
+ */
+_Noreturn void mv__bug(const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+#define MV_BUG(...) mv__bug(__FILE__, __LINE__, __VA_ARGS__)
+#define MV_ASSERT(c) do { if (MV_DEBUG >= 1 && !(c)) MV_BUG("assertion failed: %s", #c); } while (0)
+#define MV_ASSERT2(c) do { if (MV_DEBUG >= 2 && !(c)) MV_BUG("assertion failed: %s", #c); } while (0)
+
+#define MV_LIKELY(x) __builtin_expect(!!(x), 1)
+#define MV_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define MV_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define MV_CACHELINE 64
+
+unsigned mv__lock_depth(void);
+
+/* ---- Size-tagged structs ------------------------------------------------------------- */
+
+/*
+ * Copy a caller's size-tagged struct into a zeroed local of the engine's own size:
+ * MV_EINVAL when the caller's struct is shorter than `min_size` (the first published
+ * version), MV_E2BIG when it is longer than ours with a non-zero tail.
+ */
+int mv__copy_sized(void *dst, size_t dst_size, const void *src, size_t min_size);
+/* Check a size-tagged out-struct the engine fills: at least min_size, zeroed up to ours. */
+int mv__check_out_sized(const void *out, size_t min_size);
+
+/* ---- Frame descriptors --------------------------------------------------------------- */
+
+/*
+ * One per machine frame, 32 bytes. Every field is atomic because lock-free readers (p2m
+ * lookups, reference takers handed a hostile frame number) may look at any frame at any
+ * time; writers that own the frame's state (the heap under its lock, the owner of a
+ * reference) use relaxed stores, which cost a plain store on x86.
+ *
+ *  count      general references (mm/ref: issue "Domains, references and page types")
+ *  flags      MV_PGF_*: block head, block order, known-zero content
+ *  type_info  page type, type count, validated / pinned / partial bits
+ *  link       owned frame: the m2p back-pointer (gfn, or MV_INVALID_GFN);
+ *             on a heap list: node-relative (next << 32 | prev) indices
+ *  owner      a domain id, or one of MV_OWNER_*
+ *  tlbflush   the flush-clock time of the last TLB flush this frame needs
+ */
+struct mv_frame {
+    _Atomic uint32_t count;
+    _Atomic uint32_t flags;
+    _Atomic uint64_t type_info;
+    _Atomic uint64_t link;
+    _Atomic uint32_t owner;
+    _Atomic uint32_t tlbflush;
+};
+_Static_assert(sizeof(struct mv_frame) <= 32, "frame descriptor must stay within 32 bytes");
+
+/* Owners other than a domain id (domain ids are below MV_OWNER_FIRST_SPECIAL). */
+#define MV_OWNER_FIRST_SPECIAL 0xffff0000u
+#define MV_OWNER_FREE 0xffff0001u     /* on a buddy free list (head or tail of a free block) */
+#define MV_OWNER_PENDING 0xffff0002u  /* freed, in the decommit queue */
+#define MV_OWNER_CACHED 0xffff0003u   /* parked in a per-slot order-0 cache */
+#define MV_OWNER_ANON 0xffff0004u     /* held by the embedder (mv_frame_alloc) */
+#define MV_OWNER_INTERNAL 0xffff0005u /* engine-internal: tables, shadows, bitmaps, zero frame */
+#define MV_OWNER_SHARED 0xffff0006u   /* copy-on-write shared frame */
+#define MV_OWNER_TOPUP 0xffff0007u    /* in a per-domain top-up cache */
+
+#define MV_PGF_HEAD 0x1u               /* first frame of a block (free, pending or allocated) */
+#define MV_PGF_ORDER_SHIFT 1u
+#define MV_PGF_ORDER_MASK (0x1fu << MV_PGF_ORDER_SHIFT)
+#define MV_PGF_ZERO 0x40u              /* content known to be zero */
+
+static inline unsigned mv__pgf_order(uint32_t flags)
+{
+    return (flags & MV_PGF_ORDER_MASK) >> MV_PGF_ORDER_SHIFT;
+}
+
+static inline uint32_t mv__pgf_head(unsigned order)
+{
+    return MV_PGF_HEAD | ((uint32_t)order << MV_PGF_ORDER_SHIFT);
+}
+
+#define MV_IDX_NIL 0xffffffffu
+
+/* ---- The host ------------------------------------------------------------------------ */
+
+/* Fault-injection points (mv_host_inject_failure). */
+enum mv_fail_point {
+    MV_FAIL_HEAP_ALLOC = 0,
+    MV_FAIL_META_ALLOC = 1,
+    MV_FAIL_NR
+};
+
+struct mv_failpoint {
+    _Atomic uint64_t skip;
+    _Atomic uint64_t count;
+    _Atomic uint64_t hits; /* failures injected so far */
+};
+
+/*
+ * One node's heap. Buddy free lists of orders 0..MV_MAX_ORDER (blocks naturally aligned in
+ * machine frame numbers, never straddling the node's range), and the decommit queue: blocks
+ * freed but not yet given back to the platform; they are never handed out from there.
+ * Every frame on a free list is known zero unless a decommit failed (counted in
+ * free_dirty, scrubbed when handed out).
+ */
+struct mv_heap_node {
+    mv_spinlock_t lock;
+    uint32_t id;
+    mv_mfn_t first_mfn;
+    uint64_t nr_frames;
+    struct mv_frame *ft;
+    uint8_t *base;
+
+    /* under lock */
+    uint32_t free_head[MV_MAX_ORDER + 1];
+    uint64_t free_blocks[MV_MAX_ORDER + 1];
+    uint64_t free_frames;
+    uint64_t free_dirty;
+    uint32_t pending_head;       /* singly linked through link's next half */
+    uint64_t pending_frames;     /* in the queue */
+    uint64_t decommitting;       /* taken off the queue, being decommitted */
+
+    _Atomic uint64_t fallback_allocs;
+} __attribute__((aligned(MV_CACHELINE)));
+
+/*
+ * A slot's cache of order-0 frames for one node. Only the slot's owner touches `mfn`;
+ * `n` is atomic so that statistics can read it from another thread.
+ */
+struct mv_slot_cache {
+    _Atomic uint32_t n;
+    uint32_t home;   /* slot's home node + 1 (0: not chosen yet); only in the node-0 entry */
+    mv_mfn_t mfn[];
+};
+
+struct mv_host {
+    const struct mv_platform *plat;
+    struct mv_platform *owned_plat;  /* the posix platform the host built, if it did */
+    struct mv_topology topo;
+    uint32_t nr_nodes;
+    struct mv_heap_node *node[MV_MAX_NODES];
+    uint8_t fallback[MV_MAX_NODES][MV_MAX_NODES]; /* nodes by distance from each node */
+    mv_mfn_t end_mfn;                /* one past the highest frame */
+    uint64_t total_frames;
+
+    uint32_t max_slots;
+    uint32_t cache_max;              /* frames a slot cache holds per node */
+    uint32_t decommit_batch;
+    size_t cache_stride;             /* bytes per struct mv_slot_cache */
+    uint8_t *caches;                 /* [slot][node] */
+    _Atomic uint32_t next_home;
+
+    _Atomic uint64_t meta_bytes;
+    uint64_t frametable_bytes;
+    uint64_t heap_meta_bytes;
+    _Atomic uint64_t decommit_batches;
+    _Atomic uint64_t decommit_frames;
+    _Atomic uint64_t scrubbed_frames;
+    _Atomic uint64_t decommit_errors;
+
+    _Atomic uint32_t fail_armed;
+    struct mv_failpoint fail[MV_FAIL_NR];
+};
+
+/* Host metadata, counted in overhead_bytes; "meta.alloc" can be made to fail. */
+void *mv__meta_alloc(mv_host_t *h, size_t size);
+void mv__meta_free(mv_host_t *h, void *p, size_t size);
+
+void mv__log(const mv_host_t *h, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* True when the named point should fail now (consumes one pass). */
+bool mv__fail_check_slow(mv_host_t *h, enum mv_fail_point fp);
+static inline bool mv__should_fail(mv_host_t *h, enum mv_fail_point fp)
+{
+    if (!MV_HAVE_FAULT_INJECTION)
+        return false;
+    if (MV_LIKELY(!atomic_load_explicit(&h->fail_armed, memory_order_relaxed)))
+        return false;
+    return mv__fail_check_slow(h, fp);
+}
+
+/* ---- Frame table (frame.c) ----------------------------------------------------------- */
+
+int mv__frametable_init(mv_host_t *h);
+void mv__frametable_fini(mv_host_t *h);
+
+/* The node holding mfn, or NULL outside machine memory. */
+static inline struct mv_heap_node *mv__mfn_node(const mv_host_t *h, mv_mfn_t mfn)
+{
+    for (uint32_t i = 0; i < h->nr_nodes; i++) {
+        struct mv_heap_node *n = h->node[i];
+        if (mfn - n->first_mfn < n->nr_frames)
+            return n;
+    }
+    return NULL;
+}
+
+/* The descriptor of mfn, or NULL outside machine memory (hostile numbers are fine). */
+static inline struct mv_frame *mv__frame(const mv_host_t *h, mv_mfn_t mfn)
+{
+    struct mv_heap_node *n = mv__mfn_node(h, mfn);
+    return n ? &n->ft[mfn - n->first_mfn] : NULL;
+}
+
+/* The frame number of a descriptor known to be in n. */
+static inline mv_mfn_t mv__frame_mfn(const struct mv_heap_node *n, const struct mv_frame *f)
+{
+    return n->first_mfn + (mv_mfn_t)(f - n->ft);
+}
+
+static inline uint32_t mv__frame_owner(const struct mv_frame *f)
+{
+    return atomic_load_explicit(&f->owner, memory_order_acquire);
+}
+
+static inline void *mv__frame_va_fast(const struct mv_heap_node *n, mv_mfn_t mfn)
+{
+    return n->base + ((mfn - n->first_mfn) << MV_PAGE_SHIFT);
+}
+
+/* ---- Heaps (heap.c) ------------------------------------------------------------------ */
+
+int mv__heap_init(mv_host_t *h);
+void mv__heap_fini(mv_host_t *h);
+
+/*
+ * Allocate 2^order frames for `owner` (a domain id or MV_OWNER_INTERNAL/ANON/SHARED/TOPUP).
+ * The frames come back with owner set, count 0, type_info 0, link MV_INVALID_GFN.
+ * Never call with an engine lock held (it may decommit and call platform hooks).
+ */
+int mv__heap_alloc(mv_host_t *h, unsigned order, uint32_t node, uint32_t flags,
+                   uint32_t owner, mv_mfn_t *out);
+/*
+ * Return a block allocated by mv__heap_alloc. The caller has checked ownership and that no
+ * reference remains; the block goes to the slot cache (order 0) or the decommit queue.
+ */
+void mv__heap_free(mv_host_t *h, mv_mfn_t mfn, unsigned order);
+/* Flush the decommit queues; with all_slots also empty every slot cache (quiesced only). */
+int mv__heap_trim(mv_host_t *h, bool all_slots);
+void mv__heap_node_stats(mv_host_t *h, uint32_t node, struct mv_node_stats *ns);
+/* Frames parked in slot caches of a node (racy read, exact when quiesced). */
+uint64_t mv__heap_cached(const mv_host_t *h, uint32_t node);
+
+static inline struct mv_slot_cache *mv__slot_cache(const mv_host_t *h, uint32_t slot,
+                                                   uint32_t node)
+{
+    return (struct mv_slot_cache *)(h->caches +
+                                    ((size_t)slot * h->nr_nodes + node) * h->cache_stride);
+}
+
+/* ---- Audit (audit.c) ----------------------------------------------------------------- */
+
+struct mv_audit_ctx {
+    struct mv_audit_report *rep;
+    uint64_t nr;
+};
+
+void mv__audit_report(struct mv_audit_ctx *ac, const char *inv, const char *what, mv_mfn_t mfn,
+                      uint32_t domid, uint64_t expected, uint64_t found);
+
+#endif
