@@ -9,7 +9,14 @@
  *  - cached: in exactly one slot cache, of its own node;
  *  - held (a domain, the engine, the embedder, shared): in a well-formed allocated block,
  *    on no list; free, pending and cached frames hold no references and no type.
- * The states add up to the host's total. The audit needs a quiesced host; it only reads.
+ * The states add up to the host's total.
+ *
+ * Ownership part: I2 (a domain's page count is the frames it owns, within its maximum),
+ * I3 (every count equals a full recount of its holders: the allocation reference here,
+ * each module's structures through its recount hook), I4 (one type while counted; table
+ * states only on tables) and I16 (no frame outlives its domain).
+ *
+ * The audit needs a quiesced host; it only reads.
  */
 #include "mm-internal.h"
 
@@ -212,8 +219,6 @@ static void check_frames(struct mv_audit_ctx *ac, struct node_walk *w, uint64_t 
         BAD(ac, "held-block-truncated", n->first_mfn + n->nr_frames, block_left, 0);
 }
 
-int mv__audit_machine(mv_host_t *h, struct mv_audit_ctx *ac, uint64_t *checked);
-
 int mv__audit_machine(mv_host_t *h, struct mv_audit_ctx *ac, uint64_t *checked)
 {
     uint64_t states = 0;
@@ -240,6 +245,127 @@ int mv__audit_machine(mv_host_t *h, struct mv_audit_ctx *ac, uint64_t *checked)
     return 0;
 }
 
+/* ---- Ownership: I2, I3, I4, I16 ------------------------------------------------------- */
+
+uint64_t mv__audit_frame_index(const mv_host_t *h, mv_mfn_t mfn)
+{
+    uint64_t base = 0;
+    for (uint32_t i = 0; i < h->nr_nodes; i++) {
+        const struct mv_heap_node *n = h->node[i];
+        if (mfn - n->first_mfn < n->nr_frames)
+            return base + (mfn - n->first_mfn);
+        base += n->nr_frames;
+    }
+    return UINT64_MAX;
+}
+
+#define BADD(ac, inv, what, mfn, dom, exp, found) \
+    mv__audit_report(ac, inv, what, mfn, dom, exp, found)
+
+/* Types: one type while counted, table states only on tables, pins only on used tables. */
+static void check_type(struct mv_audit_ctx *ac, mv_mfn_t mfn, uint32_t owner, uint64_t t)
+{
+    unsigned type = mv__pgt_type(t);
+    uint64_t cnt = t & MV_PGT_COUNT_MASK;
+    if (type > MV_PGT_SHARED)
+        BADD(ac, "I4", "type-unknown", mfn, owner, MV_PGT_SHARED, type);
+    if (cnt && type == MV_PGT_NONE)
+        BADD(ac, "I4", "type-count-without-type", mfn, owner, 0, cnt);
+    if (mv__pgt_is_table(type) && !cnt && (t & MV_PGT_VALIDATED))
+        BADD(ac, "I4", "unused-table-validated", mfn, owner, 0, t);
+    if ((t & MV_PGT_PINNED) && (!mv__pgt_is_table(type) || !cnt))
+        BADD(ac, "I4", "pin-without-table-type", mfn, owner, 1, cnt);
+    if ((t & MV_PGT_PARTIAL) && !mv__pgt_is_table(type))
+        BADD(ac, "I4", "partial-not-table", mfn, owner, 0, type);
+    if (mv__pgt_is_table(type) && cnt && owner > MV_DOMID_MAX)
+        BADD(ac, "I4", "table-not-domain-owned", mfn, owner, 0, owner);
+}
+
+static int audit_ownership(mv_host_t *h, struct mv_audit_ctx *ac)
+{
+    size_t bytes = (size_t)h->total_frames * sizeof(uint32_t);
+    uint64_t *owned = mv__meta_alloc(h, (MV_DOMID_MAX + 1) * sizeof(uint64_t));
+    ac->refs = mv__meta_alloc(h, bytes);
+    ac->types = mv__meta_alloc(h, bytes);
+    if (!owned || !ac->refs || !ac->types) {
+        mv__meta_free(h, owned, (MV_DOMID_MAX + 1) * sizeof(uint64_t));
+        mv__meta_free(h, ac->refs, bytes);
+        mv__meta_free(h, ac->types, bytes);
+        ac->refs = ac->types = NULL;
+        return MV_ENOMEM;
+    }
+    /* The recount: allocation references here, each module's holders through its hook. */
+    uint64_t idx = 0;
+    for (uint32_t i = 0; i < h->nr_nodes; i++) {
+        struct mv_heap_node *n = h->node[i];
+        for (uint64_t j = 0; j < n->nr_frames; j++, idx++) {
+            struct mv_frame *f = &n->ft[j];
+            uint32_t owner = mv__frame_owner(f);
+            if (owner <= MV_DOMID_MAX) {
+                owned[owner]++;
+                if (atomic_load_explicit(&f->flags, memory_order_relaxed) & MV_PGF_ALLOCATED)
+                    ac->refs[idx]++;
+            }
+        }
+    }
+    for (unsigned m = 0; m < MV_MOD_NR; m++)
+        if (h->modules[m] && h->modules[m]->recount)
+            h->modules[m]->recount(h, ac);
+
+    /* I3 and I4, frame by frame, against the recount. */
+    idx = 0;
+    for (uint32_t i = 0; i < h->nr_nodes; i++) {
+        struct mv_heap_node *n = h->node[i];
+        for (uint64_t j = 0; j < n->nr_frames; j++, idx++) {
+            struct mv_frame *f = &n->ft[j];
+            mv_mfn_t mfn = n->first_mfn + j;
+            uint32_t owner = mv__frame_owner(f);
+            uint32_t count = atomic_load_explicit(&f->count, memory_order_relaxed);
+            uint64_t t = atomic_load_explicit(&f->type_info, memory_order_relaxed);
+            uint32_t dom = owner <= MV_DOMID_MAX ? owner : UINT32_MAX;
+            if (count != ac->refs[idx])
+                BADD(ac, "I3", "refcount-mismatch", mfn, dom, ac->refs[idx], count);
+            if (count > MV_REF_MAX)
+                BADD(ac, "I3", "refcount-overflow", mfn, dom, MV_REF_MAX, count);
+            if ((t & MV_PGT_COUNT_MASK) != ac->types[idx])
+                BADD(ac, "I4", "typecount-mismatch", mfn, dom, ac->types[idx],
+                     t & MV_PGT_COUNT_MASK);
+            if ((t & MV_PGT_COUNT_MASK) > count)
+                BADD(ac, "I4", "typed-without-reference", mfn, dom, t & MV_PGT_COUNT_MASK, count);
+            check_type(ac, mfn, owner, t);
+            if (owner <= MV_DOMID_MAX && count == 0)
+                BADD(ac, "I3", "owned-frame-unreferenced", mfn, dom, 1, 0);
+        }
+    }
+
+    /* I2 and I16, domain by domain. */
+    for (uint32_t id = 0; id <= MV_DOMID_MAX; id++) {
+        mv_domain_t *d = mv__domain_of_owner(h, id);
+        if (!d) {
+            if (owned[id])
+                BADD(ac, "I16", "frames-of-vanished-domain", MV_INVALID_MFN, id, 0, owned[id]);
+            continue;
+        }
+        uint64_t pages = atomic_load_explicit(&d->pages, memory_order_relaxed);
+        uint64_t max = atomic_load_explicit(&d->max_pages, memory_order_relaxed);
+        if (pages != owned[id])
+            BADD(ac, "I2", "domain-page-count", MV_INVALID_MFN, id, owned[id], pages);
+        if (pages > max)
+            BADD(ac, "I2", "domain-above-maximum", MV_INVALID_MFN, id, max, pages);
+        if (d->phase == MV_TD_DONE)
+            BADD(ac, "I16", "destroyed-domain-in-table", MV_INVALID_MFN, id, 0, 1);
+    }
+    for (unsigned m = 0; m < MV_MOD_NR; m++)
+        if (h->modules[m] && h->modules[m]->audit)
+            h->modules[m]->audit(h, ac);
+
+    mv__meta_free(h, owned, (MV_DOMID_MAX + 1) * sizeof(uint64_t));
+    mv__meta_free(h, ac->refs, bytes);
+    mv__meta_free(h, ac->types, bytes);
+    ac->refs = ac->types = NULL;
+    return 0;
+}
+
 MV_API int mv_host_audit(mv_host_t *h, struct mv_audit_report *rep)
 {
     if (!h)
@@ -255,6 +381,8 @@ MV_API int mv_host_audit(mv_host_t *h, struct mv_audit_report *rep)
     struct mv_audit_ctx ac = {.rep = rep};
     uint64_t checked = 0;
     int rc = mv__audit_machine(h, &ac, &checked);
+    if (!rc)
+        rc = audit_ownership(h, &ac);
     if (rc)
         return rc;
     if (rep) {

@@ -211,6 +211,10 @@ MV_API int mv_host_create(const struct mv_host_config *ucfg, mv_host_t **out)
     rc = mv__heap_init(h);
     if (rc)
         goto fail_host;
+    atomic_init(&h->flush_clock, 1);
+    rc = mv__domains_init(h);
+    if (rc)
+        goto fail_host;
     *out = h;
     return 0;
 
@@ -230,6 +234,7 @@ MV_API void mv_host_destroy(mv_host_t *h)
         return;
     const struct mv_platform *plat = h->plat;
     struct mv_platform *owned = h->owned_plat;
+    mv__domains_fini(h);
     mv__heap_fini(h);
     if (h->caches)
         mv__meta_free(h, h->caches, h->cache_stride * h->max_slots * h->nr_nodes);
@@ -325,5 +330,8 @@ MV_API int mv_host_stats(mv_host_t *h, struct mv_host_stats *st)
     st->decommit_batches = atomic_load_explicit(&h->decommit_batches, memory_order_relaxed);
     st->decommit_frames = atomic_load_explicit(&h->decommit_frames, memory_order_relaxed);
     st->scrubbed_frames = atomic_load_explicit(&h->scrubbed_frames, memory_order_relaxed);
+    st->tlb_flushes = atomic_load_explicit(&h->flushes, memory_order_relaxed);
+    st->tlb_flushes_avoided = atomic_load_explicit(&h->flushes_avoided, memory_order_relaxed);
+    st->nr_domains = h->nr_domains;
     return 0;
 }

@@ -87,6 +87,33 @@ _Static_assert(sizeof(struct mv_frame) <= 32, "frame descriptor must stay within
 #define MV_PGF_ORDER_SHIFT 1u
 #define MV_PGF_ORDER_MASK (0x1fu << MV_PGF_ORDER_SHIFT)
 #define MV_PGF_ZERO 0x40u              /* content known to be zero */
+#define MV_PGF_ALLOCATED 0x80u         /* a domain frame holding its allocation reference */
+#define MV_PGF_WSTAMP 0x100u           /* the flush stamp records a dropped writable mapping */
+
+/* General reference counts: the allocation's plus every holder's; never above this. */
+#define MV_REF_MAX 0x7fffffffu
+
+/*
+ * The type word: count in bits 0-30, state bits, the type in bits 48-51.
+ * A type changes only when the count is zero.
+ */
+#define MV_PGT_COUNT_MASK 0x7fffffffull
+#define MV_PGT_COUNT_MAX MV_PGT_COUNT_MASK
+#define MV_PGT_VALIDATED (1ull << 32)
+#define MV_PGT_PINNED (1ull << 33)
+#define MV_PGT_PARTIAL (1ull << 34)
+#define MV_PGT_TYPE_SHIFT 48
+#define MV_PGT_TYPE_MASK (0xfull << MV_PGT_TYPE_SHIFT)
+
+static inline unsigned mv__pgt_type(uint64_t x)
+{
+    return (unsigned)((x & MV_PGT_TYPE_MASK) >> MV_PGT_TYPE_SHIFT);
+}
+
+static inline bool mv__pgt_is_table(unsigned type)
+{
+    return type >= MV_PGT_L1 && type <= MV_PGT_L4;
+}
 
 static inline unsigned mv__pgf_order(uint32_t flags)
 {
@@ -152,6 +179,36 @@ struct mv_slot_cache {
     mv_mfn_t mfn[];
 };
 
+/* Engine modules with per-domain state, in initialization order (teardown reverses). */
+enum mv_module {
+    MV_MOD_P2M = 0,
+    MV_MOD_PV = 1,
+    MV_MOD_SHADOW = 2,
+    MV_MOD_SHARING = 3,
+    MV_MOD_BALLOON = 4,
+    MV_MOD_NR
+};
+
+struct mv_audit_ctx;
+
+/*
+ * What a module plugs into the domain lifecycle and the audit. Every hook is optional.
+ *  domain_init      at creation, after mm's part; an error unwinds the creation
+ *  domain_teardown  during destroy (domain dying); MV_EAGAIN to be called again
+ *  domain_free      last, when nothing is left
+ *  recount          add the references this module's structures hold to refs[] and
+ *                   types[] (indexed by frame: see mv__audit_frame_index), for I3/I4
+ *  audit            the module's own invariants
+ */
+struct mv_module_ops {
+    const char *name;
+    int (*domain_init)(mv_domain_t *d);
+    int (*domain_teardown)(mv_domain_t *d);
+    void (*domain_free)(mv_domain_t *d);
+    void (*recount)(mv_host_t *h, struct mv_audit_ctx *ac);
+    void (*audit)(mv_host_t *h, struct mv_audit_ctx *ac);
+};
+
 struct mv_host {
     const struct mv_platform *plat;
     struct mv_platform *owned_plat;  /* the posix platform the host built, if it did */
@@ -179,6 +236,18 @@ struct mv_host {
 
     _Atomic uint32_t fail_armed;
     struct mv_failpoint fail[MV_FAIL_NR];
+
+    /* The flush clock (flush.c). */
+    _Atomic uint32_t flush_clock;
+    _Atomic uint32_t flushed_upto;
+    _Atomic uint64_t flushes;
+    _Atomic uint64_t flushes_avoided;
+
+    /* Domains (domain.c). */
+    mv_rwlock_t domtable_lock;
+    _Atomic(mv_domain_t *) *domains; /* [MV_DOMID_MAX + 1] */
+    uint32_t nr_domains;
+    const struct mv_module_ops *modules[MV_MOD_NR];
 };
 
 /* Host metadata, counted in overhead_bytes; "meta.alloc" can be made to fail. */
@@ -268,12 +337,107 @@ static inline struct mv_slot_cache *mv__slot_cache(const mv_host_t *h, uint32_t 
                                     ((size_t)slot * h->nr_nodes + node) * h->cache_stride);
 }
 
+/* ---- Domains and vCPUs (domain.c) --------------------------------------------------- */
+
+struct mv_vcpu {
+    mv_domain_t *d;
+    uint32_t id;
+    struct mv_vcpu_state state;    /* control registers a walker reads */
+    uint64_t guest_table;          /* PV: kernel base pointer (mfn); HVM: guest CR3 */
+    uint64_t guest_table_user;     /* PV: user base pointer */
+    _Atomic uint32_t may_cache;    /* MV_VCPU_CACHE_*: what its TLB may hold */
+    void *mod[MV_MOD_NR];          /* each module's per-vCPU state */
+};
+
+#define MV_VCPU_CACHE_LINEAR 0x1u
+#define MV_VCPU_CACHE_GPHYS 0x2u
+
+/* Destroy phases, kept in the domain so that preempted calls continue. */
+enum mv_teardown_phase { MV_TD_LIVE = 0, MV_TD_MODULES, MV_TD_FRAMES, MV_TD_DONE };
+
+struct mv_domain {
+    mv_host_t *h;
+    uint32_t domid;
+    uint32_t type;
+    uint32_t paging;
+    uint32_t flags;
+    uint32_t nr_vcpus;
+    uint32_t node_affinity;
+    uint32_t phys_bits;
+    _Atomic uint64_t max_pages;
+    _Atomic uint64_t pages;           /* frames owned (I2) */
+    _Atomic uint64_t overhead_pages;  /* engine frames charged to it */
+    _Atomic uint64_t overhead_bytes;  /* engine metadata charged to it */
+    _Atomic uint64_t ballooned_pages;
+    _Atomic uint64_t shared_pages;
+    _Atomic bool dying;
+
+    mv_spinlock_t teardown_lock;      /* MV_LOCK_RANK_DOMAIN: serializes destroy calls */
+    enum mv_teardown_phase phase;
+    int module_cursor;
+    mv_mfn_t frame_cursor;
+
+    void *mod[MV_MOD_NR];
+    struct mv_vcpu *vcpu[];
+};
+
+static inline bool mv__domain_dying(const mv_domain_t *d)
+{
+    return atomic_load_explicit(&d->dying, memory_order_acquire);
+}
+
+/* The domain a frame's owner names, or NULL. */
+static inline mv_domain_t *mv__domain_of_owner(const mv_host_t *h, uint32_t owner)
+{
+    if (owner > MV_DOMID_MAX || !h->domains)
+        return NULL;
+    return atomic_load_explicit(&h->domains[owner], memory_order_acquire);
+}
+
+int mv__domains_init(mv_host_t *h);
+void mv__domains_fini(mv_host_t *h);
+void mv__host_register_module(mv_host_t *h, enum mv_module id, const struct mv_module_ops *ops);
+
+/*
+ * Frames for a domain: owner set, each frame its own order-0 block holding the allocation
+ * reference, counted in d->pages. MV_ESRCH dying, MV_ENOSPC past max_pages.
+ */
+int mv__domain_alloc(mv_domain_t *d, unsigned order, uint32_t node, uint32_t flags,
+                     mv_mfn_t *out);
+
+/* ---- References, types, the flush clock (ref.c, flush.c) ---------------------------- */
+
+/* General references. get: the frame must be owned by d (and d not dying). */
+int mv__get_page(mv_domain_t *d, struct mv_frame *f);
+/* Drop one; the last one frees the frame (flushing first if the clock says so). */
+void mv__put_page(mv_host_t *h, struct mv_frame *f);
+/* Typed references; the caller holds a general reference. */
+int mv__get_page_type(mv_host_t *h, struct mv_frame *f, unsigned type);
+int mv__put_page_type(mv_host_t *h, struct mv_frame *f);
+int mv__page_type_validated(struct mv_frame *f);
+/* Drop the allocation reference (the domain gives the frame up). */
+int mv__drop_allocation(mv_host_t *h, struct mv_frame *f);
+
+/* Stamp a frame: a mapping of it (writable or not) has just been removed. */
+void mv__flush_stamp(mv_host_t *h, struct mv_frame *f, bool writable);
+/* Flush everything unless a flush that started after the stamp has completed. */
+void mv__flush_if_needed(mv_host_t *h, struct mv_frame *f, bool writable_only);
+/* Ask the platform for a flush now; updates the clock. */
+void mv__flush(mv_host_t *h, const struct mv_flush_request *req);
+
 /* ---- Audit (audit.c) ----------------------------------------------------------------- */
 
 struct mv_audit_ctx {
     struct mv_audit_report *rep;
     uint64_t nr;
+    /* References and type references the recount found, per frame (audit index). */
+    uint32_t *refs;
+    uint32_t *types;
 };
+
+/* A frame's index in the audit's per-frame arrays (frames of all nodes, in node order). */
+uint64_t mv__audit_frame_index(const mv_host_t *h, mv_mfn_t mfn);
+int mv__audit_machine(mv_host_t *h, struct mv_audit_ctx *ac, uint64_t *checked);
 
 void mv__audit_report(struct mv_audit_ctx *ac, const char *inv, const char *what, mv_mfn_t mfn,
                       uint32_t domid, uint64_t expected, uint64_t found);

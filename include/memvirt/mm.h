@@ -75,6 +75,172 @@ MV_API int mv_host_trim(mv_host_t *h);
 /* mv_host_trim for every slot (quiesced host only). */
 MV_API int mv_host_drain(mv_host_t *h);
 
+/* ---- Domains ------------------------------------------------------------------------- */
+
+typedef struct mv_domain mv_domain_t;
+typedef struct mv_vcpu mv_vcpu_t;
+
+#define MV_DOMID_MAX 0x7fefu /* ids 0 .. MV_DOMID_MAX; 0 is the control domain by convention */
+
+enum mv_domain_type { MV_DOMAIN_PV = 1, MV_DOMAIN_HVM = 2 };
+enum mv_paging_mode {
+    MV_PAGING_PV = 0,     /* PV: the guest's own machine-address tables, validated */
+    MV_PAGING_HAP = 1,    /* HVM with nested paging (EPT) */
+    MV_PAGING_SHADOW = 2, /* HVM with shadow page tables */
+};
+
+#define MV_DOMF_LINEAR_PT 0x1u /* PV: allow read-only linear (self-referencing) table entries */
+
+struct mv_domain_config {
+    size_t size;             /* sizeof(struct mv_domain_config) */
+    uint32_t domid;          /* 0 .. MV_DOMID_MAX, unused */
+    uint32_t type;           /* enum mv_domain_type */
+    uint32_t paging;         /* enum mv_paging_mode: PV for PV, HAP or SHADOW for HVM */
+    uint32_t nr_vcpus;       /* 1 .. MV_MAX_VCPUS */
+    uint64_t max_pages;      /* the most frames the domain may own; at most the host's total */
+    uint32_t node_affinity;  /* the node frames come from, or MV_NODE_ANY */
+    uint32_t flags;          /* MV_DOMF_* */
+    uint32_t phys_bits;      /* guest physical-address width, 32..52; 0: 40 */
+};
+
+/*
+ * Create a domain and its vCPUs. MV_EEXIST id in use, MV_ERANGE id above MV_DOMID_MAX,
+ * MV_EINVAL bad type/paging/vCPU count/flags/width, MV_EOPNOTSUPP a paging mode this build
+ * cannot run, MV_ENOMEM max_pages above the host (or no metadata), MV_ENODEV bad node.
+ */
+MV_API int mv_domain_create(mv_host_t *h, const struct mv_domain_config *cfg,
+                            mv_domain_t **out);
+/*
+ * Destroy: the domain is dying from the first call on (nothing new is allocated, every
+ * operation on it is refused with MV_ESRCH); each module tears down its state and every
+ * frame the domain owns is returned. Preemptible: MV_EAGAIN means progress was kept,
+ * call again. MV_EBUSY: frames are still held by references taken outside the domain
+ * (mv_page_get); drop them and call again. 0: the domain is gone and d is invalid.
+ */
+MV_API int mv_domain_destroy(mv_domain_t *d);
+/* The live (or dying) domain with that id, or NULL. */
+MV_API mv_domain_t *mv_domain_lookup(mv_host_t *h, uint32_t domid);
+MV_API uint32_t mv_domain_id(const mv_domain_t *d);
+MV_API mv_host_t *mv_domain_host(const mv_domain_t *d);
+/* Change the maximum (ballooning targets move it). MV_EBUSY below the pages owned now. */
+MV_API int mv_domain_set_max_pages(mv_domain_t *d, uint64_t max_pages);
+
+struct mv_domain_stats {
+    size_t size;             /* sizeof(struct mv_domain_stats) */
+    uint32_t domid;
+    uint32_t type;
+    uint32_t paging;
+    uint32_t nr_vcpus;
+    uint32_t node_affinity;
+    uint32_t dying;
+    uint64_t pages;          /* frames the domain owns (guest memory) */
+    uint64_t max_pages;
+    uint64_t overhead_pages; /* engine frames held for it (p2m tables, shadows, ...) */
+    uint64_t overhead_bytes; /* engine metadata held for it (structures, vCPUs) */
+    uint64_t ballooned_pages;
+    uint64_t shared_pages;
+};
+MV_API int mv_domain_stats(const mv_domain_t *d, struct mv_domain_stats *st);
+
+/*
+ * Frames for a domain (the hypervisor's alloc_domheap_pages): 2^order frames from `node`
+ * (MV_NODE_ANY: the domain's affinity), each owned by the domain and holding its
+ * allocation reference. MV_ESRCH dying, MV_ENOSPC past max_pages, MV_ENOMEM none left.
+ */
+MV_API int mv_domain_alloc_frames(mv_domain_t *d, unsigned order, uint32_t node, uint32_t flags,
+                                  mv_mfn_t *out);
+/*
+ * Drop the allocation reference of each of 2^order frames (aligned); a frame is freed when
+ * its last reference goes. Checks all frames first: MV_ERANGE, MV_EINVAL misaligned,
+ * MV_EXDEV owned by another domain, MV_EPERM not a domain's, MV_EALREADY already dropped.
+ */
+MV_API int mv_domain_free_frames(mv_domain_t *d, mv_mfn_t mfn, unsigned order);
+
+/* ---- vCPUs ------------------------------------------------------------------------------ */
+
+/* vCPU idx of a domain (0 .. nr_vcpus-1), or NULL. */
+MV_API mv_vcpu_t *mv_domain_vcpu(mv_domain_t *d, uint32_t idx);
+MV_API uint32_t mv_vcpu_id(const mv_vcpu_t *v);
+MV_API mv_domain_t *mv_vcpu_domain(const mv_vcpu_t *v);
+
+#define MV_CR0_WP (1ull << 16)
+#define MV_CR0_PG (1ull << 31)
+#define MV_CR4_PSE (1ull << 4)
+#define MV_CR4_PAE (1ull << 5)
+#define MV_CR4_PGE (1ull << 7)
+#define MV_CR4_SMEP (1ull << 20)
+#define MV_CR4_SMAP (1ull << 21)
+#define MV_EFER_LME (1ull << 8)
+#define MV_EFER_NXE (1ull << 11)
+
+#define MV_VCPUF_GBPAGES 0x1u /* 1 GiB pages offered to the guest (else PS at L3 is reserved) */
+
+/* The control state a page-table walker needs. */
+struct mv_vcpu_state {
+    size_t size; /* sizeof(struct mv_vcpu_state) */
+    uint64_t cr0;
+    uint64_t cr3;
+    uint64_t cr4;
+    uint64_t efer;
+    uint32_t flags; /* MV_VCPUF_* */
+};
+MV_API int mv_vcpu_get_state(const mv_vcpu_t *v, struct mv_vcpu_state *st);
+/* MV_ESRCH dying domain, MV_EINVAL unknown flags or a cr3 beyond the address width. */
+MV_API int mv_vcpu_set_state(mv_vcpu_t *v, const struct mv_vcpu_state *st);
+
+/* ---- References and page types ---------------------------------------------------------- */
+
+/*
+ * As in Xen: a frame's general reference count keeps it from being freed (the allocation
+ * holds one); its type count keeps its type (page-table level, writable, shared) from
+ * changing. A type changes only when its count is zero, so writable and page-table uses
+ * exclude each other. Page-table types start unvalidated: the taker that set the type is
+ * told to validate (MV_PAGE_VALIDATE) and then marks it validated or drops its reference.
+ */
+enum mv_page_type {
+    MV_PGT_NONE = 0,
+    MV_PGT_L1 = 1,
+    MV_PGT_L2 = 2,
+    MV_PGT_L3 = 3,
+    MV_PGT_L4 = 4,
+    MV_PGT_WRITABLE = 5,
+    MV_PGT_SHARED = 6,
+};
+#define MV_PAGE_VALIDATE 1 /* positive: the caller set a page-table type and must validate */
+
+/* A general reference on a frame the domain owns. MV_ERANGE, MV_EXDEV (another domain's),
+ * MV_EPERM (not a domain's), MV_ESRCH (dying), MV_EOVERFLOW. */
+MV_API int mv_page_get(mv_domain_t *d, mv_mfn_t mfn);
+/* Drop one. MV_ENOENT when no reference beyond the allocation's is held. */
+MV_API int mv_page_put(mv_domain_t *d, mv_mfn_t mfn);
+/*
+ * A general reference and a typed one (get_page_and_type). 0, MV_PAGE_VALIDATE, or:
+ * MV_EBUSY the frame has another type in use, MV_EAGAIN another caller is validating it,
+ * MV_EOVERFLOW, and mv_page_get's errors. Nothing is taken on error.
+ */
+MV_API int mv_page_get_typed(mv_domain_t *d, mv_mfn_t mfn, unsigned type);
+/* After MV_PAGE_VALIDATE: the tables checked out. MV_EINVAL when nothing awaits validation. */
+MV_API int mv_page_validated(mv_domain_t *d, mv_mfn_t mfn);
+/* Drop both. MV_ENOENT when no typed reference is held. */
+MV_API int mv_page_put_typed(mv_domain_t *d, mv_mfn_t mfn);
+
+#define MV_PAGEF_ALLOCATED 0x1u /* holds its allocation reference */
+#define MV_PAGEF_VALIDATED 0x2u
+#define MV_PAGEF_PINNED 0x4u
+#define MV_PAGEF_PARTIAL 0x8u
+
+struct mv_page_info {
+    size_t size;
+    uint32_t owner;      /* domain id, or UINT32_MAX for a frame no domain owns */
+    uint32_t refs;       /* general references */
+    uint32_t type;       /* enum mv_page_type */
+    uint32_t type_refs;
+    uint32_t flags;      /* MV_PAGEF_* */
+    uint32_t node;
+    mv_gfn_t gfn;        /* the m2p back-pointer, or MV_INVALID_GFN */
+};
+MV_API int mv_page_info(const mv_host_t *h, mv_mfn_t mfn, struct mv_page_info *info);
+
 /* ---- Statistics ---------------------------------------------------------------------- */
 
 struct mv_node_stats {
@@ -101,6 +267,9 @@ struct mv_host_stats {
     uint64_t decommit_batches;
     uint64_t decommit_frames;
     uint64_t scrubbed_frames;     /* frames zeroed by the engine because not known zero */
+    uint64_t tlb_flushes;         /* flushes the engine asked of the platform */
+    uint64_t tlb_flushes_avoided; /* flushes the flush clock showed were already done */
+    uint32_t nr_domains;
     struct mv_node_stats node[MV_MAX_NODES];
 };
 

@@ -53,6 +53,7 @@ enum mv_flush_scope {
     MV_FLUSH_LINEAR_ONE = 1,  /* the translation of one linear (guest-virtual) address */
     MV_FLUSH_LINEAR_ALL = 2,  /* every linear translation (global ones included) */
     MV_FLUSH_GUEST_PHYS = 3,  /* every guest-physical (EPT) translation, and what derives from it */
+    MV_FLUSH_ALL = 4,         /* every translation of any kind (a frame leaves its owner) */
 };
 
 #define MV_DOMID_ALL 0xffffu /* in a flush request: every vCPU of every domain */

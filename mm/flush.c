@@ -1,0 +1,67 @@
+/*
+ * mm/flush.c - the TLB flush clock (Xen's tlbflush clock, host-wide).
+ *
+ * The clock ticks once at the start of every flush the engine asks for. When a mapping of
+ * a frame is removed, the frame is stamped with the clock's value; a flush that started
+ * later (clock value above the stamp) has removed every translation of the frame that a
+ * vCPU could have cached. `flushed_upto` is the start time of the newest completed flush,
+ * so a frame needs a flush exactly when its stamp is at or past it. Before a frame changes
+ * type away from writable, or returns to a heap, the engine checks and flushes only when
+ * needed: many frames freed together cost one flush.
+ *
+ * Stamps are 32 bits and compared as a wrapping distance: the clock is never more than a
+ * few in-flight flushes ahead of flushed_upto, so the comparison cannot err towards "no
+ * flush needed"; a stamp older than 2^31 flushes may cost one extra flush.
+ *
+ * The platform's tlb_flush hook may be called under engine locks; it must not re-enter.
+ */
+#include "mm-internal.h"
+
+void mv__flush(mv_host_t *h, const struct mv_flush_request *req)
+{
+    uint32_t t = atomic_fetch_add_explicit(&h->flush_clock, 1, memory_order_acq_rel) + 1;
+    if (h->plat->tlb_flush)
+        h->plat->tlb_flush(h->plat, req);
+    atomic_fetch_add_explicit(&h->flushes, 1, memory_order_relaxed);
+    /* flushed_upto = max(flushed_upto, t), wrap-aware. */
+    uint32_t cur = atomic_load_explicit(&h->flushed_upto, memory_order_relaxed);
+    while ((int32_t)(t - cur) > 0 &&
+           !atomic_compare_exchange_weak_explicit(&h->flushed_upto, &cur, t,
+                                                  memory_order_release, memory_order_relaxed))
+        ;
+}
+
+void mv__flush_stamp(mv_host_t *h, struct mv_frame *f, bool writable)
+{
+    uint32_t now = atomic_load_explicit(&h->flush_clock, memory_order_acquire);
+    atomic_store_explicit(&f->tlbflush, now, memory_order_release);
+    if (writable)
+        atomic_fetch_or_explicit(&f->flags, MV_PGF_WSTAMP, memory_order_relaxed);
+}
+
+static bool flush_needed(mv_host_t *h, uint32_t stamp)
+{
+    if (!stamp)
+        return false;
+    uint32_t done = atomic_load_explicit(&h->flushed_upto, memory_order_acquire);
+    return (int32_t)(stamp - done) >= 0;
+}
+
+void mv__flush_if_needed(mv_host_t *h, struct mv_frame *f, bool writable_only)
+{
+    uint32_t fl = atomic_load_explicit(&f->flags, memory_order_relaxed);
+    uint32_t stamp = atomic_load_explicit(&f->tlbflush, memory_order_acquire);
+    if (writable_only && !(fl & MV_PGF_WSTAMP))
+        return;
+    if (!stamp)
+        return;
+    if (flush_needed(h, stamp)) {
+        struct mv_flush_request req = {.domid = MV_DOMID_ALL, .scope = MV_FLUSH_ALL};
+        mv__flush(h, &req);
+    } else {
+        atomic_fetch_add_explicit(&h->flushes_avoided, 1, memory_order_relaxed);
+    }
+    atomic_fetch_and_explicit(&f->flags, ~MV_PGF_WSTAMP, memory_order_relaxed);
+    if (!writable_only)
+        atomic_store_explicit(&f->tlbflush, 0, memory_order_relaxed);
+}
