@@ -19,8 +19,9 @@
  *                   return the number of the physical CPU, with preemption off)
  *
  * Then it creates a host on that platform, allocates blocks of several orders on each node,
- * writes them through mv_frame_va, frees them, trims, allocates them again zeroed to see
- * that decommitted memory reads as zero, prints the per-node statistics and audits. It uses
+ * writes them through mv_frame_va, checks that no block overwrote another, frees them,
+ * trims, allocates them again zeroed to see that decommitted memory reads as zero, prints
+ * the per-node statistics and audits. It uses
  * nothing of the default posix platform (memvirt/posix.h), so it works with a library built
  * with -Dposix_platform=false. The exit status is 0 only when every step succeeded.
  */
@@ -239,24 +240,30 @@ static bool alloc_blocks(mv_host_t *h, uint32_t node, bool zero, struct block *b
             return false;
         }
         if (zero && !all_zero(va, bytes)) {
-            fprintf(stderr, "embed: block 0x%" PRIx64 " asked zeroed is not\n", b->mfn);
+            fprintf(stderr, "embed: block 0x%" PRIx64 " was asked zeroed but is not\n", b->mfn);
             return false;
         }
     }
     return true;
 }
 
-/* Fill each block with a pattern made of its frame numbers, then read it back. */
-static bool write_blocks(mv_host_t *h, const struct block *blocks)
+/* The word `w` of block `mfn` holds this, so that overlapping blocks would show. */
+static uint64_t pattern(mv_mfn_t mfn, size_t w)
+{
+    return mfn * 0x9e3779b97f4a7c15ull + w;
+}
+
+/* Fill each block with its pattern (check = false) or check that it is still there. */
+static bool pattern_blocks(mv_host_t *h, const struct block *blocks, bool check)
 {
     for (size_t i = 0; i < BLOCKS_PER_NODE; i++) {
         uint64_t *words = mv_frame_va(h, blocks[i].mfn);
         size_t nr_words = ((size_t)MV_PAGE_SIZE << blocks[i].order) / sizeof(uint64_t);
-        for (size_t w = 0; w < nr_words; w++)
-            words[w] = blocks[i].mfn * 0x9e3779b97f4a7c15ull + w;
         for (size_t w = 0; w < nr_words; w++) {
-            if (words[w] != blocks[i].mfn * 0x9e3779b97f4a7c15ull + w) {
-                fprintf(stderr, "embed: block 0x%" PRIx64 " lost a write\n", blocks[i].mfn);
+            if (!check) {
+                words[w] = pattern(blocks[i].mfn, w);
+            } else if (words[w] != pattern(blocks[i].mfn, w)) {
+                fprintf(stderr, "embed: block 0x%" PRIx64 " was overwritten\n", blocks[i].mfn);
                 return false;
             }
         }
@@ -354,8 +361,8 @@ static bool audit(mv_host_t *h)
 }
 
 /*
- * One round on every node: allocate, write (first round) or check zero (second round),
- * free, trim. Returns false at the first failure.
+ * One round on every node: allocate every block and write its pattern (first round) or
+ * check that it reads zero (second round); then check the patterns, free and trim.
  */
 static bool run_round(mv_host_t *h, bool zero, bool show_stats)
 {
@@ -363,14 +370,17 @@ static bool run_round(mv_host_t *h, bool zero, bool show_stats)
     for (uint32_t node = 0; node < NR_NODES; node++) {
         if (!alloc_blocks(h, node, zero, blocks[node]))
             return false;
-        if (!zero && !write_blocks(h, blocks[node]))
+        if (!zero && !pattern_blocks(h, blocks[node], false))
             return false;
     }
     if (show_stats)
         print_stats(h, "while the blocks are held");
-    for (uint32_t node = 0; node < NR_NODES; node++)
+    for (uint32_t node = 0; node < NR_NODES; node++) {
+        if (!zero && !pattern_blocks(h, blocks[node], true))
+            return false;
         if (!free_blocks(h, blocks[node]))
             return false;
+    }
     return ok(mv_host_trim(h), "mv_host_trim") && all_free(h);
 }
 

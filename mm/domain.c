@@ -7,10 +7,10 @@
  * reference dropped (a scan of the frame table, resumable at a cursor) -> gone, once no
  * outside reference holds a frame. Each phase keeps its progress in the domain, so a
  * preempted call (MV_EAGAIN) continues where it stopped; concurrent callers serialize on
- * the domain's teardown lock.
+ * a claim on the teardown (a second caller gets MV_EAGAIN).
  *
  * Locks: the host's domain-table rwlock (MV_LOCK_RANK_DOMTABLE) guards insertion and
- * removal; lookups read the table's atomic slots. The teardown lock ranks below it.
+ * removal; lookups read the table's atomic slots. Teardown holds no lock while it frees.
  */
 #include "mm-internal.h"
 
@@ -102,7 +102,6 @@ MV_API int mv_domain_create(mv_host_t *h, const struct mv_domain_config *ucfg,
     d->phys_bits = cfg.phys_bits ? cfg.phys_bits : 40;
     atomic_init(&d->max_pages, cfg.max_pages);
     atomic_init(&d->overhead_bytes, domain_bytes(cfg.nr_vcpus));
-    mv_spin_init(&d->teardown_lock, MV_LOCK_RANK_DOMAIN);
     for (uint32_t i = 0; i < cfg.nr_vcpus; i++) {
         struct mv_vcpu *v = mv__meta_alloc(h, sizeof(*v));
         if (!v) {
@@ -311,7 +310,13 @@ MV_API int mv_domain_destroy(mv_domain_t *d)
         return MV_EINVAL;
     mv_host_t *h = d->h;
     int rc = 0;
-    mv_spin_lock(&d->teardown_lock);
+    /*
+     * One caller at a time continues the teardown; another gets MV_EAGAIN and calls again.
+     * This is a claim, not a spinlock: the teardown frees frames, which decommits memory
+     * through the platform, and no engine lock may be held across that.
+     */
+    if (atomic_exchange_explicit(&d->teardown_busy, true, memory_order_acquire))
+        return MV_EAGAIN;
     if (d->phase == MV_TD_LIVE) {
         atomic_store_explicit(&d->dying, true, memory_order_release);
         d->phase = MV_TD_MODULES;
@@ -338,7 +343,7 @@ MV_API int mv_domain_destroy(mv_domain_t *d)
         d->phase = MV_TD_DONE;
     }
 out:
-    mv_spin_unlock(&d->teardown_lock);
+    atomic_store_explicit(&d->teardown_busy, false, memory_order_release);
     if (rc)
         return rc;
     mv_rw_write_lock(&h->domtable_lock);

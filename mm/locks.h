@@ -22,8 +22,8 @@ enum mv_lock_rank {
     MV_LOCK_RANK_DOMTABLE = 10,
 
     /*
-     * Per-domain teardown lock: serializes continuations of a preemptible domain destroy;
-     * its cursor lives in the domain.
+     * Per-domain lock for state that several modules read together (reserved rank; a
+     * domain's teardown is serialized by a claim flag, not a lock, because it frees).
      */
     MV_LOCK_RANK_DOMAIN = 20,
 

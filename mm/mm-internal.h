@@ -372,7 +372,7 @@ struct mv_domain {
     _Atomic uint64_t shared_pages;
     _Atomic bool dying;
 
-    mv_spinlock_t teardown_lock;      /* MV_LOCK_RANK_DOMAIN: serializes destroy calls */
+    _Atomic bool teardown_busy;       /* a destroy call is running: others get MV_EAGAIN */
     enum mv_teardown_phase phase;
     int module_cursor;
     mv_mfn_t frame_cursor;
