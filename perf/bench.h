@@ -165,6 +165,7 @@ int mvb_register_ratio(const char *bench, const char *baseline, double goal_max)
 /* ---- Modules: perf/bench_<module>.c, called by perf/main.c ---------------------------- */
 
 void mvb_register_mm(void);
+void mvb_register_ref(void);
 
 #ifdef __cplusplus
 }

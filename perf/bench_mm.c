@@ -10,8 +10,9 @@
  * Each runs with 1 and 2 threads, timed by the wall clock (throughput of all threads).
  * The host (1 GiB of machine memory, one node unless MEMVIRT_TOPOLOGY says otherwise) is
  * created by each run's setup and destroyed by its teardown, after checks that every frame
- * came back and that the audit is clean. The mm benchmarks also report
- * meta_bytes_per_GiB: frame-table plus heap metadata per GiB of machine memory.
+ * came back and that the audit is clean. The mm benchmarks also report frames_per_second
+ * (frames allocated, 2^order per item) and meta_bytes_per_GiB: frame-table plus heap
+ * metadata per GiB of machine memory.
  *
  * The baseline's pop and push are out-of-line functions, as the heap's entry points are
  * calls into the library, and so the compiler cannot fold a pop and the push that follows
@@ -147,6 +148,7 @@ static void mm_run_alloc_free(mvb_state_t *st, void *user)
     if (mvb_error_occurred(st))
         return;
     mvb_set_items_processed(st, mvb_iterations(st));
+    mvb_counter(st, "frames_per_second", (double)(mvb_iterations(st) << order), MVB_COUNTER_RATE);
     /* A plain counter is summed across threads: one thread reports it. */
     if (mvb_thread_index(st) == 0)
         mm_report_meta(st, h);

@@ -95,6 +95,7 @@ int main(int argc, char **argv)
     argc = strip_own_flags(argc, argv, &ratios_on);
 
     mvb_register_mm();
+    mvb_register_ref();
 
     int rc = mvb_run(argc, argv, print_help, &info);
     if (rc != 0)

@@ -29,8 +29,10 @@ static void check_rss(unsigned order)
         assert_int_equal(mv_frame_free(h, m[i], order), 0);
     assert_int_equal(mv_host_trim(h), 0);
     uint64_t after = th_rss_bytes();
-    /* Only the engine's own metadata may remain: within 8 MiB of where we started. */
-    assert_true(after <= base + 8 * TH_MiB);
+    /* What the frames made resident has gone again (metadata, and under ASan its shadow,
+     * may stay). */
+    assert_true(after < full);
+    assert_true(full - after >= AMOUNT * 9 / 10);
     assert_int_equal(mv_host_stats(h, &st), 0);
     assert_int_equal(st.committed_frames, 0);
     free(m);
