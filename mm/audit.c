@@ -371,12 +371,9 @@ MV_API int mv_host_audit(mv_host_t *h, struct mv_audit_report *rep)
     if (!h)
         return MV_EINVAL;
     if (rep) {
-        int rc = mv__check_out_sized(rep, sizeof(*rep));
+        int rc = mv__prepare_out(rep, sizeof(*rep));
         if (rc)
             return rc;
-        size_t size = rep->size;
-        memset(rep, 0, sizeof(*rep));
-        rep->size = size;
     }
     struct mv_audit_ctx ac = {.rep = rep};
     uint64_t checked = 0;

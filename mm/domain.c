@@ -184,12 +184,9 @@ MV_API int mv_domain_stats(const mv_domain_t *d, struct mv_domain_stats *st)
 {
     if (!d)
         return MV_EINVAL;
-    int rc = mv__check_out_sized(st, sizeof(*st));
+    int rc = mv__prepare_out(st, sizeof(*st));
     if (rc)
         return rc;
-    size_t size = st->size;
-    memset(st, 0, sizeof(*st));
-    st->size = size;
     st->domid = d->domid;
     st->type = d->type;
     st->paging = d->paging;
@@ -378,12 +375,11 @@ MV_API int mv_vcpu_get_state(const mv_vcpu_t *v, struct mv_vcpu_state *st)
 {
     if (!v)
         return MV_EINVAL;
-    int rc = mv__check_out_sized(st, sizeof(*st));
+    int rc = mv__prepare_out(st, sizeof(*st));
     if (rc)
         return rc;
-    size_t size = st->size;
-    *st = v->state;
-    st->size = size;
+    memcpy((unsigned char *)st + sizeof(st->size), (const unsigned char *)&v->state +
+           sizeof(st->size), sizeof(*st) - sizeof(st->size));
     return 0;
 }
 

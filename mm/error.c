@@ -104,11 +104,14 @@ int mv__copy_sized(void *dst, size_t dst_size, const void *src, size_t min_size)
     return 0;
 }
 
-int mv__check_out_sized(const void *out, size_t min_size)
+int mv__prepare_out(void *out, size_t ours)
 {
     size_t size;
     if (!out)
         return MV_EINVAL;
     memcpy(&size, out, sizeof(size));
-    return size < min_size ? MV_EINVAL : 0;
+    if (size < ours)
+        return MV_EINVAL;
+    memset((unsigned char *)out + sizeof(size), 0, ours - sizeof(size));
+    return 0;
 }

@@ -310,12 +310,9 @@ MV_API int mv_host_stats(mv_host_t *h, struct mv_host_stats *st)
 {
     if (!h)
         return MV_EINVAL;
-    int rc = mv__check_out_sized(st, sizeof(*st));
+    int rc = mv__prepare_out(st, sizeof(*st));
     if (rc)
         return rc;
-    size_t size = st->size;
-    memset(st, 0, sizeof(*st));
-    st->size = size;
     st->nr_nodes = h->nr_nodes;
     for (uint32_t i = 0; i < h->nr_nodes; i++) {
         struct mv_node_stats *ns = &st->node[i];

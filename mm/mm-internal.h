@@ -44,8 +44,11 @@ unsigned mv__lock_depth(void);
  * version), MV_E2BIG when it is longer than ours with a non-zero tail.
  */
 int mv__copy_sized(void *dst, size_t dst_size, const void *src, size_t min_size);
-/* Check a size-tagged out-struct the engine fills: at least min_size, zeroed up to ours. */
-int mv__check_out_sized(const void *out, size_t min_size);
+/*
+ * Ready a size-tagged out-struct the engine fills: MV_EINVAL unless the caller's is at
+ * least ours; everything after the size field is zeroed (a longer struct keeps its tail).
+ */
+int mv__prepare_out(void *out, size_t ours);
 
 /* ---- Frame descriptors --------------------------------------------------------------- */
 

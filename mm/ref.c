@@ -244,21 +244,16 @@ MV_API int mv_page_put_typed(mv_domain_t *d, mv_mfn_t mfn)
 
 MV_API int mv_page_info(const mv_host_t *h, mv_mfn_t mfn, struct mv_page_info *info)
 {
-    if (!h)
+    if (!h || !info || info->size < sizeof(*info))
         return MV_EINVAL;
-    int rc = mv__check_out_sized(info, sizeof(*info));
-    if (rc)
-        return rc;
     struct mv_heap_node *n = mv__mfn_node(h, mfn);
     if (!n)
         return MV_ERANGE;
+    mv__prepare_out(info, sizeof(*info));
     struct mv_frame *f = &n->ft[mfn - n->first_mfn];
     uint32_t owner = mv__frame_owner(f);
     uint64_t t = atomic_load_explicit(&f->type_info, memory_order_relaxed);
     uint32_t fl = atomic_load_explicit(&f->flags, memory_order_relaxed);
-    size_t size = info->size;
-    memset(info, 0, sizeof(*info));
-    info->size = size;
     info->owner = owner <= MV_DOMID_MAX ? owner : UINT32_MAX;
     info->refs = atomic_load_explicit(&f->count, memory_order_relaxed);
     info->type = mv__pgt_type(t);
