@@ -384,6 +384,60 @@ static bool run_round(mv_host_t *h, bool zero, bool show_stats)
     return ok(mv_host_trim(h), "mv_host_trim") && all_free(h);
 }
 
+/*
+ * A guest's life as the hypervisor drives it: create an HVM domain with two vCPUs, set a
+ * vCPU's control state, give it frames on node 1, hold one while the domain dies, and
+ * destroy it (calling again while it says MV_EAGAIN or MV_EBUSY).
+ */
+static bool run_domain(mv_host_t *h)
+{
+    struct mv_domain_config dc;
+    memset(&dc, 0, sizeof(dc));
+    dc.size = sizeof(dc);
+    dc.domid = 1;
+    dc.type = MV_DOMAIN_HVM;
+    dc.paging = MV_PAGING_HAP;
+    dc.nr_vcpus = 2;
+    dc.max_pages = 4096;
+    dc.node_affinity = 1;
+    mv_domain_t *d = NULL;
+    if (!ok(mv_domain_create(h, &dc, &d), "mv_domain_create"))
+        return false;
+
+    struct mv_vcpu_state vs = {.size = sizeof(vs)};
+    mv_vcpu_t *v = mv_domain_vcpu(d, 1);
+    bool good = ok(mv_vcpu_get_state(v, &vs), "mv_vcpu_get_state");
+    vs.cr4 |= MV_CR4_PGE | MV_CR4_SMEP;
+    vs.efer |= MV_EFER_NXE;
+    good = good && ok(mv_vcpu_set_state(v, &vs), "mv_vcpu_set_state");
+
+    mv_mfn_t big = 0, small = 0;
+    good = good && ok(mv_domain_alloc_frames(d, 9, MV_NODE_ANY, MV_ALLOC_ZERO, &big),
+                      "mv_domain_alloc_frames(order 9)");
+    good = good && ok(mv_domain_alloc_frames(d, 0, MV_NODE_ANY, 0, &small),
+                      "mv_domain_alloc_frames(order 0)");
+    /* The frame is typed writable while a (pretend) writable mapping of it exists. */
+    good = good && ok(mv_page_get_typed(d, small, MV_PGT_WRITABLE), "mv_page_get_typed");
+    good = good && ok(mv_page_put_typed(d, small), "mv_page_put_typed");
+    /* An in-flight hold, e.g. the emulator reading the frame, keeps it past destroy. */
+    good = good && ok(mv_page_get(d, big), "mv_page_get");
+
+    struct mv_domain_stats ds = {.size = sizeof(ds)};
+    good = good && ok(mv_domain_stats(d, &ds), "mv_domain_stats");
+    printf("domain %u: %" PRIu64 " pages (max %" PRIu64 ") on node %d, %u vCPUs\n",
+           ds.domid, ds.pages, ds.max_pages, mv_frame_node(h, big), ds.nr_vcpus);
+
+    int rc, calls = 0;
+    while ((rc = mv_domain_destroy(d)) == MV_EAGAIN || rc == MV_EBUSY) {
+        if (rc == MV_EBUSY && !ok(mv_page_put(d, big), "mv_page_put"))
+            return false;
+        calls++;
+    }
+    good = ok(rc, "mv_domain_destroy") && good;
+    printf("domain destroyed in %d calls\n", calls + 1);
+    return good;
+}
+
 int main(void)
 {
     printf("memvirt %s, embedded with the hypervisor's own platform "
@@ -406,7 +460,7 @@ int main(void)
         return 1;
     }
 
-    bool good = run_round(h, false, true) && run_round(h, true, false);
+    bool good = run_round(h, false, true) && run_round(h, true, false) && run_domain(h);
     print_stats(h, good ? "after freeing and trimming" : "after a failure");
     good = audit(h) && good;
 
