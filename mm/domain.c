@@ -20,6 +20,8 @@ int mv__domains_init(mv_host_t *h)
 {
     mv_rw_init(&h->domtable_lock, MV_LOCK_RANK_DOMTABLE);
     h->domains = mv__meta_alloc(h, (MV_DOMID_MAX + 1) * sizeof(*h->domains));
+    for (unsigned m = 0; m < MV_MOD_NR; m++)
+        h->modules[m] = mv__module_table[m];
     return h->domains ? 0 : MV_ENOMEM;
 }
 

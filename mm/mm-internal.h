@@ -397,6 +397,9 @@ static inline mv_domain_t *mv__domain_of_owner(const mv_host_t *h, uint32_t owne
     return atomic_load_explicit(&h->domains[owner], memory_order_acquire);
 }
 
+/* The modules this library carries (lib/modules.c), installed in every host. */
+extern const struct mv_module_ops *const mv__module_table[MV_MOD_NR];
+
 int mv__domains_init(mv_host_t *h);
 void mv__domains_fini(mv_host_t *h);
 void mv__host_register_module(mv_host_t *h, enum mv_module id, const struct mv_module_ops *ops);

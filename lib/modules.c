@@ -1,0 +1,17 @@
+/*
+ * lib/modules.c - the library's assembly: which engine modules a host carries.
+ *
+ * Every module with per-domain state (p2m, PV validation, shadow, sharing, balloon)
+ * exports one `struct mv_module_ops` (mm/mm-internal.h); this table, copied into each host
+ * at creation, is the only place that names them all. It sits outside the engine folders
+ * so that mm/ never includes a module above it: mm calls modules only through these hooks.
+ */
+#include "mm-internal.h"
+
+const struct mv_module_ops *const mv__module_table[MV_MOD_NR] = {
+    [MV_MOD_P2M] = NULL,
+    [MV_MOD_PV] = NULL,
+    [MV_MOD_SHADOW] = NULL,
+    [MV_MOD_SHARING] = NULL,
+    [MV_MOD_BALLOON] = NULL,
+};
