@@ -6,5 +6,7 @@
 #include <memvirt/platform.h>
 #include <memvirt/mm.h>
 #include <memvirt/posix.h>
+#include <memvirt/p2m.h>
+#include <memvirt/pv.h>
 
 #endif

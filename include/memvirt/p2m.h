@@ -1,0 +1,139 @@
+/*
+ * memvirt/p2m.h - the per-domain guest-physical -> machine map (P2M).
+ *
+ * Every domain, PV or HVM, has one; it is authoritative. It is a 4-level radix of 512-entry
+ * tables in the Intel EPT entry format, so a hypervisor with EPT can point the EPT base at
+ * mv_p2m_root(): read/write/execute rights, the memory type (write-back for RAM,
+ * uncacheable for mmio), the leaf bit, the frame number, and the p2m type in bits 52-56.
+ * Leaves are 4 KiB, 2 MiB or 1 GiB (orders 0, 9, 18).
+ *
+ * Ownership: an entry that maps RAM holds the frame's allocation reference; the frame's
+ * m2p back-pointer names the gfn. Lookups are lock-free; updates serialize on the domain's
+ * p2m lock. Listeners (shadow, sharing) hear about every change through start/end range
+ * notifications, as KVM's mmu_notifier does.
+ */
+#ifndef MEMVIRT_P2M_H
+#define MEMVIRT_P2M_H
+
+#include <memvirt/mm.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum mv_p2m_type {
+    MV_P2M_INVALID = 0,      /* nothing mapped */
+    MV_P2M_RAM_RW = 1,       /* ordinary guest RAM */
+    MV_P2M_RAM_RO = 2,       /* RAM the guest may only read */
+    MV_P2M_RAM_LOGDIRTY = 3, /* RAM, write-protected while log-dirty tracks it */
+    MV_P2M_RAM_SHARED = 4,   /* a copy-on-write shared frame */
+    MV_P2M_MMIO_DIRECT = 5,  /* device memory passed through, uncacheable */
+    MV_P2M_POD = 6,          /* reserved: populate-on-demand */
+    MV_P2M_PAGED_OUT = 7,    /* reserved: paged out */
+    MV_P2M_NR_TYPES = 8,
+};
+
+#define MV_P2M_R 0x1u
+#define MV_P2M_W 0x2u
+#define MV_P2M_X 0x4u
+#define MV_P2M_RWX (MV_P2M_R | MV_P2M_W | MV_P2M_X)
+
+/* Memory types for mmio ranges (Intel's encoding). */
+#define MV_P2M_MT_UC 0u
+#define MV_P2M_MT_WC 1u
+#define MV_P2M_MT_WB 6u
+
+struct mv_p2m_entry {
+    mv_mfn_t mfn;     /* the frame gfn maps to (inside a superpage: the 4 KiB frame) */
+    uint32_t type;    /* enum mv_p2m_type */
+    uint32_t access;  /* MV_P2M_R/W/X as the entry grants them */
+    uint32_t order;   /* order of the leaf that maps gfn: 0, 9 or 18 */
+    uint32_t mtype;   /* memory type */
+    uint32_t special; /* 1: a special page (never ballooned, shared or reclaimed) */
+};
+
+/*
+ * Translate one gfn without taking any lock; never sees a torn entry. 0 with the entry
+ * (type MV_P2M_INVALID when nothing is mapped), MV_ERANGE beyond the guest's width.
+ */
+MV_API int mv_p2m_lookup(mv_domain_t *d, mv_gfn_t gfn, struct mv_p2m_entry *e);
+
+/*
+ * Map [gfn, gfn + 2^order) to [mfn, ...) with a type and rights (order 0, 9 or 18, both
+ * aligned). RAM types take frames the domain owns and holds unmapped (allocated, m2p
+ * invalid): the entry takes over their allocation reference. Whatever was mapped there is
+ * unmapped first; RAM it held goes back to the domain unmapped (not freed). MV_P2M_INVALID
+ * unmaps. Changing part of a superpage splinters it. MV_EINVAL, MV_ERANGE, MV_EXDEV/MV_EPERM
+ * (frames not the domain's), MV_EBUSY (a frame already mapped elsewhere, or a special gfn),
+ * MV_ENOMEM (a table could not be allocated: nothing changed), MV_ESRCH (dying).
+ */
+MV_API int mv_p2m_set_entry(mv_domain_t *d, mv_gfn_t gfn, mv_mfn_t mfn, unsigned order,
+                            unsigned type, unsigned access);
+
+/*
+ * Change every entry of type `from` in [first, first + count) to `to` (RAM types among
+ * themselves). One listener notification for the range. Preemptible: MV_EAGAIN with *done
+ * gfns handled. *done counts gfns examined.
+ */
+MV_API int mv_p2m_change_type_range(mv_domain_t *d, mv_gfn_t first, uint64_t count,
+                                    unsigned from, unsigned to, uint64_t *done);
+
+/*
+ * Reservation ops (the hypervisor side of the balloon protocol), with Xen's names.
+ * Each of the `count` extents starts at gfns[i] and covers 2^order gfns (aligned).
+ * populate: frames from `node` (MV_NODE_ANY: the domain's affinity), mapped ram_rw,
+ * known zero; stops at the domain's maximum (MV_ENOSPC) with *done extents completed.
+ * decrease: unmaps and frees each extent's frames (decommitted, so resident memory drops);
+ * MV_EBUSY for a frame with references beyond the p2m's own (PV types, pins, holds),
+ * MV_ENOENT for a gfn with no RAM, MV_EPERM for mmio or special gfns.
+ * Both: MV_EAGAIN after a slice of work, *done extents completed; call again with the rest.
+ */
+MV_API int mv_populate_physmap(mv_domain_t *d, const mv_gfn_t *gfns, uint64_t count,
+                               unsigned order, uint32_t node, uint64_t *done);
+MV_API int mv_decrease_reservation(mv_domain_t *d, const mv_gfn_t *gfns, uint64_t count,
+                                   unsigned order, uint64_t *done);
+
+/* Map [gfn, gfn + count) to machine addresses outside RAM (device memory) as mmio_direct. */
+MV_API int mv_p2m_map_mmio(mv_domain_t *d, mv_gfn_t gfn, mv_mfn_t mfn, uint64_t count,
+                           unsigned mtype);
+/* Mark a RAM gfn special (1) or ordinary (0). */
+MV_API int mv_p2m_set_special(mv_domain_t *d, mv_gfn_t gfn, int special);
+
+/* Machine address of the top-level (PML4) table: what an EPT pointer names. */
+MV_API mv_paddr_t mv_p2m_root(const mv_domain_t *d);
+
+/*
+ * Listeners (KVM's mmu_notifier protocol): before entries of [first, first + count) change,
+ * invalidate_start is called (the in-progress count is up: listeners zap and flush what maps
+ * the range); after, invalidate_end (the sequence number moves, the count goes down). A
+ * frame is freed or reused only after the end. Called with the p2m lock held: a listener
+ * may take its own lock but must not call a p2m mutator.
+ */
+struct mv_p2m_listener {
+    void *ctx;
+    void (*invalidate_start)(void *ctx, mv_domain_t *d, mv_gfn_t first, uint64_t count);
+    void (*invalidate_end)(void *ctx, mv_domain_t *d, mv_gfn_t first, uint64_t count);
+};
+#define MV_P2M_MAX_LISTENERS 4
+MV_API int mv_p2m_register_listener(mv_domain_t *d, const struct mv_p2m_listener *l);
+MV_API int mv_p2m_unregister_listener(mv_domain_t *d, const struct mv_p2m_listener *l);
+/* For readers that build from a p2m read: the sequence number, and whether a change is in flight. */
+MV_API uint64_t mv_p2m_seq(const mv_domain_t *d);
+MV_API uint32_t mv_p2m_in_progress(const mv_domain_t *d);
+
+struct mv_p2m_stats {
+    size_t size;
+    uint64_t pages_by_order[3];           /* leaves of order 0, 9, 18 */
+    uint64_t pages_by_type[MV_P2M_NR_TYPES]; /* 4 KiB pages mapped, by type */
+    uint64_t table_frames;                /* p2m tables, all levels */
+    uint64_t splinters;                   /* superpages split */
+    uint64_t populated;                   /* frames populated (lifetime) */
+    uint64_t decreased;                   /* frames given back (lifetime) */
+    uint64_t bytes_per_gib;               /* table bytes per GiB of guest RAM mapped */
+};
+MV_API int mv_p2m_stats(const mv_domain_t *d, struct mv_p2m_stats *st);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
