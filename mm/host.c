@@ -212,6 +212,9 @@ MV_API int mv_host_create(const struct mv_host_config *ucfg, mv_host_t **out)
     if (rc)
         goto fail_host;
     atomic_init(&h->flush_clock, 1);
+    rc = mv__epoch_init(h);
+    if (rc)
+        goto fail_host;
     rc = mv__domains_init(h);
     if (rc)
         goto fail_host;
@@ -235,6 +238,7 @@ MV_API void mv_host_destroy(mv_host_t *h)
     const struct mv_platform *plat = h->plat;
     struct mv_platform *owned = h->owned_plat;
     mv__domains_fini(h);
+    mv__epoch_fini(h);
     mv__heap_fini(h);
     if (h->caches)
         mv__meta_free(h, h->caches, h->cache_stride * h->max_slots * h->nr_nodes);

@@ -91,7 +91,7 @@ _Static_assert(sizeof(struct mv_frame) <= 32, "frame descriptor must stay within
 #define MV_PGF_ORDER_MASK (0x1fu << MV_PGF_ORDER_SHIFT)
 #define MV_PGF_ZERO 0x40u              /* content known to be zero */
 #define MV_PGF_ALLOCATED 0x80u         /* a domain frame holding its allocation reference */
-#define MV_PGF_WSTAMP 0x100u           /* the flush stamp records a dropped writable mapping */
+#define MV_PGF_WSTAMP 0x100u           /* the stamp records a dropped writable or table use */
 
 /* General reference counts: the allocation's plus every holder's; never above this. */
 #define MV_REF_MAX 0x7fffffffu
@@ -105,6 +105,13 @@ _Static_assert(sizeof(struct mv_frame) <= 32, "frame descriptor must stay within
 #define MV_PGT_VALIDATED (1ull << 32)
 #define MV_PGT_PINNED (1ull << 33)
 #define MV_PGT_PARTIAL (1ull << 34)
+/*
+ * Bits 35-47 belong to the module that validates a table type (PV keeps a partial
+ * validation's progress there); mm clears them with the validated/partial bits when the
+ * last type reference of a table goes, and never reads them.
+ */
+#define MV_PGT_MOD_SHIFT 35
+#define MV_PGT_MOD_MASK (0x1fffull << MV_PGT_MOD_SHIFT)
 #define MV_PGT_TYPE_SHIFT 48
 #define MV_PGT_TYPE_MASK (0xfull << MV_PGT_TYPE_SHIFT)
 
@@ -212,6 +219,10 @@ struct mv_module_ops {
     void (*audit)(mv_host_t *h, struct mv_audit_ctx *ac);
 };
 
+struct mv_slot_epoch {
+    _Atomic uint64_t e; /* 0: not reading; else the epoch the reader entered in */
+} __attribute__((aligned(MV_CACHELINE)));
+
 struct mv_host {
     const struct mv_platform *plat;
     struct mv_platform *owned_plat;  /* the posix platform the host built, if it did */
@@ -245,6 +256,15 @@ struct mv_host {
     _Atomic uint32_t flushed_upto;
     _Atomic uint64_t flushes;
     _Atomic uint64_t flushes_avoided;
+
+    /* Epoch reclamation (epoch.c). */
+    _Atomic uint64_t epoch;
+    _Atomic uint64_t anon_readers;
+    struct mv_slot_epoch *slot_epoch;   /* [max_slots] */
+    mv_spinlock_t limbo_lock;
+    mv_mfn_t limbo_head;
+    uint64_t limbo_frames;
+    _Atomic bool limbo_nonempty;
 
     /* Domains (domain.c). */
     mv_rwlock_t domtable_lock;
@@ -421,6 +441,8 @@ void mv__put_page(mv_host_t *h, struct mv_frame *f);
 int mv__get_page_type(mv_host_t *h, struct mv_frame *f, unsigned type);
 int mv__put_page_type(mv_host_t *h, struct mv_frame *f);
 int mv__page_type_validated(struct mv_frame *f);
+/* Free a frame whose count the caller took from 1 to 0 itself (exclusive removal). */
+void mv__frame_release(mv_host_t *h, struct mv_frame *f);
 /* Drop the allocation reference (the domain gives the frame up). */
 int mv__drop_allocation(mv_host_t *h, struct mv_frame *f);
 
@@ -430,6 +452,18 @@ void mv__flush_stamp(mv_host_t *h, struct mv_frame *f, bool writable);
 void mv__flush_if_needed(mv_host_t *h, struct mv_frame *f, bool writable_only);
 /* Ask the platform for a flush now; updates the clock. */
 void mv__flush(mv_host_t *h, const struct mv_flush_request *req);
+
+/* ---- Epoch reclamation (epoch.c) ------------------------------------------------------ */
+
+int mv__epoch_init(mv_host_t *h);
+void mv__epoch_fini(mv_host_t *h);
+/* A lock-free reader's section; returns the slot to pass to exit. */
+uint32_t mv__epoch_enter(mv_host_t *h);
+void mv__epoch_exit(mv_host_t *h, uint32_t slot);
+/* An engine-internal frame unlinked from a lock-free structure: freed after readers leave. */
+void mv__epoch_retire(mv_host_t *h, mv_mfn_t mfn);
+/* Free what no reader can hold any more (all: everything; quiesced host only). No lock held. */
+void mv__epoch_reclaim(mv_host_t *h, bool all);
 
 /* ---- Audit (audit.c) ----------------------------------------------------------------- */
 

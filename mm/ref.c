@@ -72,6 +72,12 @@ static void release_frame(mv_host_t *h, struct mv_frame *f)
     mv__heap_free(h, mv__frame_mfn(n, f), 0);
 }
 
+void mv__frame_release(mv_host_t *h, struct mv_frame *f)
+{
+    MV_ASSERT(atomic_load_explicit(&f->count, memory_order_relaxed) == 0);
+    release_frame(h, f);
+}
+
 void mv__put_page(mv_host_t *h, struct mv_frame *f)
 {
     mv__flush_stamp(h, f, false);
@@ -106,8 +112,11 @@ int mv__get_page_type(mv_host_t *h, struct mv_frame *f, unsigned type)
             return MV_EOVERFLOW;
         if (cnt == 0) {
             if (cur != type) {
-                /* Leaving writable: no vCPU may keep a writable translation. */
-                if (cur == MV_PGT_WRITABLE && !flushed) {
+                /*
+                 * Leaving writable: no vCPU may keep a writable translation. Leaving a
+                 * table type: no vCPU may keep a paging-structure entry that walks it.
+                 */
+                if ((cur == MV_PGT_WRITABLE || mv__pgt_is_table(cur)) && !flushed) {
                     mv__flush_if_needed(h, f, true);
                     flushed = true;
                 }
@@ -153,10 +162,12 @@ int mv__put_page_type(mv_host_t *h, struct mv_frame *f)
         nx = x - 1;
         /* The last reference of a table type: it must be validated again next time. */
         if (!(nx & MV_PGT_COUNT_MASK) && mv__pgt_is_table(mv__pgt_type(x)))
-            nx &= ~(MV_PGT_VALIDATED | MV_PGT_PARTIAL);
+            nx &= ~(MV_PGT_VALIDATED | MV_PGT_PARTIAL | MV_PGT_MOD_MASK);
     } while (!atomic_compare_exchange_weak_explicit(&f->type_info, &x, nx, memory_order_acq_rel,
                                                     memory_order_acquire));
-    if (mv__pgt_type(x) == MV_PGT_WRITABLE)
+    /* A writable use, or the last table use, may live on in TLBs until the next flush. */
+    if (mv__pgt_type(x) == MV_PGT_WRITABLE ||
+        (!(nx & MV_PGT_COUNT_MASK) && mv__pgt_is_table(mv__pgt_type(x))))
         mv__flush_stamp(h, f, true);
     return 0;
 }

@@ -1,0 +1,215 @@
+/*
+ * p2m/ept.c - the radix of EPT-format tables: walking, writing leaves, splintering,
+ * table frames, statistics and the listener protocol.
+ *
+ * Readers walk with atomic loads and no lock (mv_p2m_lookup, inside an epoch section);
+ * writers hold the p2m lock. A new table is filled completely before one release store
+ * publishes it, so a reader sees either the old leaf or the finished table, never a torn
+ * state. Table frames come from the topup cache filled before the lock (nothing is
+ * allocated under it); tables leave the tree through the epoch scheme, never straight to
+ * the heap.
+ */
+#include "p2m-internal.h"
+
+void mv__p2m_walk(const mv_host_t *h, const struct mv_p2m *p, mv_gfn_t gfn, struct p2m_walk *w)
+{
+    mv_ept_t *t = ept_va(h, p->root);
+    for (unsigned lv = P2M_LEVELS - 1;; lv--) {
+        mv_ept_t *slot = &t[(gfn >> (9 * lv)) & (EPT_ENTRIES - 1)];
+        mv_ept_t e = ept_read(slot);
+        if (!ept_is_table(e, lv)) {
+            w->slot = slot;
+            w->level = lv;
+            w->e = e;
+            return;
+        }
+        t = ept_va(h, ept_mfn(e));
+    }
+}
+
+int mv__p2m_topup(struct mv_p2m *p)
+{
+    mv_domain_t *d = p->d;
+    while (p->nr_topup < P2M_TOPUP) {
+        mv_mfn_t m;
+        int rc = mv__heap_alloc(d->h, 0, d->node_affinity, MV_ALLOC_ZERO, MV_OWNER_TOPUP, &m);
+        if (rc)
+            return rc;
+        p->topup[p->nr_topup++] = m;
+        atomic_fetch_add_explicit(&d->overhead_pages, 1, memory_order_relaxed);
+    }
+    return 0;
+}
+
+void mv__p2m_topup_drain(struct mv_p2m *p)
+{
+    while (p->nr_topup) {
+        mv_mfn_t m = p->topup[--p->nr_topup];
+        struct mv_frame *f = mv__frame(p->d->h, m);
+        atomic_store_explicit(&f->owner, MV_OWNER_PENDING, memory_order_release);
+        mv__heap_free(p->d->h, m, 0);
+        atomic_fetch_sub_explicit(&p->d->overhead_pages, 1, memory_order_relaxed);
+    }
+}
+
+/* A zeroed table frame from the topup cache, now engine-internal. */
+static mv_mfn_t take_table(struct mv_p2m *p)
+{
+    MV_ASSERT(p->nr_topup > 0);
+    mv_mfn_t m = p->topup[--p->nr_topup];
+    atomic_store_explicit(&mv__frame(p->d->h, m)->owner, MV_OWNER_INTERNAL, memory_order_release);
+    p->table_frames++;
+    return m;
+}
+
+void mv__p2m_account(struct mv_p2m *p, mv_ept_t e, unsigned level, int sign)
+{
+    if (!e || level > 2)
+        return;
+    unsigned type = ept_type(e);
+    uint64_t pages = 1ull << (9 * level);
+    if (sign > 0) {
+        p->leaves[level]++;
+        p->pages_by_type[type] += pages;
+    } else {
+        p->leaves[level]--;
+        p->pages_by_type[type] -= pages;
+    }
+}
+
+/* Replace the superpage leaf at *slot (level lv) by a table of 512 leaves one level down. */
+static mv_ept_t splinter(struct mv_p2m *p, mv_ept_t *slot, unsigned lv, mv_ept_t leaf)
+{
+    mv_mfn_t tm = take_table(p);
+    mv_ept_t *t = ept_va(p->d->h, tm);
+    unsigned child = lv - 1;
+    mv_ept_t base = leaf & ~(EPT_ADDR_MASK | EPT_LEAF);
+    if (child)
+        base |= EPT_LEAF;
+    for (unsigned i = 0; i < EPT_ENTRIES; i++) {
+        mv_mfn_t m = ept_mfn(leaf) + ((mv_mfn_t)i << (9 * child));
+        t[i] = base | ((m << MV_PAGE_SHIFT) & EPT_ADDR_MASK);
+    }
+    mv__p2m_account(p, leaf, lv, -1);
+    for (unsigned i = 0; i < EPT_ENTRIES; i++)
+        mv__p2m_account(p, t[i], child, +1);
+    p->splinters++;
+    mv_ept_t table = ept_table(tm);
+    ept_write(slot, table); /* publish the finished table in one store */
+    return table;
+}
+
+/* Unaccount and retire a whole subtree that a leaf is replacing (its leaves are already
+ * unmapped by the caller: only invalid entries remain). */
+static void retire_subtree(struct mv_p2m *p, mv_mfn_t table, unsigned lv)
+{
+    mv_ept_t *t = ept_va(p->d->h, table);
+    for (unsigned i = 0; i < EPT_ENTRIES; i++) {
+        mv_ept_t e = t[i];
+        if (ept_is_table(e, lv))
+            retire_subtree(p, ept_mfn(e), lv - 1);
+        else
+            mv__p2m_account(p, e, lv, -1);
+    }
+    p->table_frames--;
+    atomic_fetch_sub_explicit(&p->d->overhead_pages, 1, memory_order_relaxed);
+    mv__epoch_retire(p->d->h, table);
+}
+
+void mv__p2m_write_leaf(struct mv_p2m *p, mv_gfn_t gfn, unsigned level, mv_ept_t e,
+                        mv_ept_t *old)
+{
+    mv__assert_held(&p->lock);
+    mv_host_t *h = p->d->h;
+    mv_ept_t *t = ept_va(h, p->root);
+    for (unsigned lv = P2M_LEVELS - 1; lv > level; lv--) {
+        mv_ept_t *slot = &t[(gfn >> (9 * lv)) & (EPT_ENTRIES - 1)];
+        mv_ept_t cur = ept_read(slot);
+        if (!ept_is_table(cur, lv)) {
+            if (cur)
+                cur = splinter(p, slot, lv, cur);
+            else {
+                cur = ept_table(take_table(p));
+                ept_write(slot, cur);
+            }
+        }
+        t = ept_va(h, ept_mfn(cur));
+    }
+    mv_ept_t *slot = &t[(gfn >> (9 * level)) & (EPT_ENTRIES - 1)];
+    mv_ept_t prev = ept_read(slot);
+    ept_write(slot, e);
+    if (ept_is_table(prev, level))
+        retire_subtree(p, ept_mfn(prev), level - 1);
+    else
+        mv__p2m_account(p, prev, level, -1);
+    mv__p2m_account(p, e, level, +1);
+    *old = ept_is_table(prev, level) ? 0 : prev;
+}
+
+void mv__p2m_splinter_at(struct mv_p2m *p, mv_gfn_t gfn, unsigned level)
+{
+    mv__assert_held(&p->lock);
+    mv_host_t *h = p->d->h;
+    mv_ept_t *t = ept_va(h, p->root);
+    for (unsigned lv = P2M_LEVELS - 1; lv > level; lv--) {
+        mv_ept_t e = ept_read(&t[(gfn >> (9 * lv)) & (EPT_ENTRIES - 1)]);
+        MV_ASSERT(ept_is_table(e, lv));
+        t = ept_va(h, ept_mfn(e));
+    }
+    mv_ept_t *slot = &t[(gfn >> (9 * level)) & (EPT_ENTRIES - 1)];
+    mv_ept_t e = ept_read(slot);
+    MV_ASSERT(level > 0 && e && !ept_is_table(e, level));
+    splinter(p, slot, level, e);
+}
+
+void mv__p2m_invalidate_start(struct mv_p2m *p, mv_gfn_t first, uint64_t count)
+{
+    mv__assert_held(&p->lock);
+    atomic_fetch_add_explicit(&p->in_progress, 1, memory_order_seq_cst);
+    for (uint32_t i = 0; i < p->nr_listeners; i++)
+        if (p->listeners[i].invalidate_start)
+            p->listeners[i].invalidate_start(p->listeners[i].ctx, p->d, first, count);
+}
+
+void mv__p2m_invalidate_end(struct mv_p2m *p, mv_gfn_t first, uint64_t count)
+{
+    mv__assert_held(&p->lock);
+    atomic_fetch_add_explicit(&p->seq, 1, memory_order_seq_cst);
+    atomic_fetch_sub_explicit(&p->in_progress, 1, memory_order_seq_cst);
+    for (uint32_t i = 0; i < p->nr_listeners; i++)
+        if (p->listeners[i].invalidate_end)
+            p->listeners[i].invalidate_end(p->listeners[i].ctx, p->d, first, count);
+}
+
+void mv__p2m_flush_gphys(struct mv_p2m *p)
+{
+    mv_domain_t *d = p->d;
+    if (d->type != MV_DOMAIN_HVM)
+        return; /* a PV guest's hardware never walks the p2m */
+    struct mv_flush_request req = {.domid = (mv_domid_t)d->domid,
+                                   .scope = MV_FLUSH_GUEST_PHYS,
+                                   .nr_vcpus = d->nr_vcpus};
+    for (uint32_t i = 0; i < d->nr_vcpus; i++)
+        req.vcpu_mask[i / 64] |= 1ull << (i % 64);
+    mv__flush(d->h, &req);
+}
+
+static void free_tree(struct mv_p2m *p, mv_mfn_t table, unsigned lv)
+{
+    mv_ept_t *t = ept_va(p->d->h, table);
+    for (unsigned i = 0; lv > 0 && i < EPT_ENTRIES; i++)
+        if (ept_is_table(t[i], lv))
+            free_tree(p, ept_mfn(t[i]), lv - 1);
+    p->table_frames--;
+    atomic_fetch_sub_explicit(&p->d->overhead_pages, 1, memory_order_relaxed);
+    mv__epoch_retire(p->d->h, table);
+}
+
+void mv__p2m_free_tables(struct mv_p2m *p)
+{
+    if (p->root == MV_INVALID_MFN)
+        return;
+    free_tree(p, p->root, P2M_LEVELS - 1);
+    p->root = MV_INVALID_MFN;
+    mv__epoch_reclaim(p->d->h, false);
+}

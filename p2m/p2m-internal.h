@@ -1,0 +1,202 @@
+/*
+ * p2m/p2m-internal.h - the EPT entry format and the per-domain p2m, for the p2m files and the tests.
+ *
+ * Entry format (Intel SDM vol. 3, EPT), declared here once:
+ *   bit 0 R, 1 W, 2 X            rights; an entry with none is not present to hardware
+ *   bits 3-5                     memory type (leaves): 6 write-back, 0 uncacheable
+ *   bit 7                        leaf at L2 (2 MiB) and L3 (1 GiB)
+ *   bit 11                       (ignored by hardware) memvirt: special page
+ *   bits 12-51                   frame address (table, 4 KiB, 2 MiB or 1 GiB aligned)
+ *   bits 52-56                   (ignored by hardware) memvirt: the p2m type
+ * Bits 8-10 and 57-63 keep their hardware meanings (A/D, MBEC, SPP, shadow stacks,
+ * suppress-#VE) and memvirt leaves them zero. An entry of 0 maps nothing.
+ */
+#ifndef MV_P2M_INTERNAL_H
+#define MV_P2M_INTERNAL_H
+
+#include <memvirt/p2m.h>
+
+#include "mm-internal.h"
+
+typedef uint64_t mv_ept_t;
+
+#define EPT_R (1ull << 0)
+#define EPT_W (1ull << 1)
+#define EPT_X (1ull << 2)
+#define EPT_RWX (EPT_R | EPT_W | EPT_X)
+#define EPT_MT_SHIFT 3
+#define EPT_MT_MASK (7ull << EPT_MT_SHIFT)
+#define EPT_LEAF (1ull << 7)
+#define EPT_SPECIAL (1ull << 11)
+#define EPT_ADDR_MASK 0x000ffffffffff000ull
+#define EPT_TYPE_SHIFT 52
+#define EPT_TYPE_MASK (0x1full << EPT_TYPE_SHIFT)
+
+_Static_assert(MV_P2M_NR_TYPES <= 32, "p2m types must fit bits 52-56");
+_Static_assert((EPT_TYPE_MASK & (EPT_ADDR_MASK | EPT_RWX | EPT_MT_MASK | EPT_LEAF |
+                                 EPT_SPECIAL)) == 0, "EPT fields overlap");
+
+#define EPT_ENTRIES 512u
+#define P2M_LEVELS 4u
+
+static inline unsigned ept_type(mv_ept_t e)
+{
+    return (unsigned)((e & EPT_TYPE_MASK) >> EPT_TYPE_SHIFT);
+}
+
+static inline mv_mfn_t ept_mfn(mv_ept_t e)
+{
+    return (e & EPT_ADDR_MASK) >> MV_PAGE_SHIFT;
+}
+
+static inline bool ept_is_table(mv_ept_t e, unsigned level)
+{
+    return level > 0 && (e & EPT_RWX) && !(e & EPT_LEAF) && ept_type(e) == MV_P2M_INVALID;
+}
+
+/* Rights each type allows (then narrowed by the caller's access mask). */
+static inline uint64_t p2m_type_rights(unsigned type)
+{
+    switch (type) {
+    case MV_P2M_RAM_RW:
+        return EPT_RWX;
+    case MV_P2M_RAM_RO:
+    case MV_P2M_RAM_LOGDIRTY:
+    case MV_P2M_RAM_SHARED:
+        return EPT_R | EPT_X;
+    case MV_P2M_MMIO_DIRECT:
+        return EPT_R | EPT_W;
+    default:
+        return 0;
+    }
+}
+
+static inline bool p2m_is_ram(unsigned type)
+{
+    return type == MV_P2M_RAM_RW || type == MV_P2M_RAM_RO || type == MV_P2M_RAM_LOGDIRTY ||
+           type == MV_P2M_RAM_SHARED;
+}
+
+/* A leaf entry of `level` (0: 4 KiB, 1: 2 MiB, 2: 1 GiB). */
+static inline mv_ept_t ept_leaf(mv_mfn_t mfn, unsigned level, unsigned type, unsigned access,
+                                unsigned mtype, bool special)
+{
+    if (type == MV_P2M_INVALID)
+        return 0;
+    mv_ept_t e = (mfn << MV_PAGE_SHIFT) & EPT_ADDR_MASK;
+    e |= p2m_type_rights(type) & access;
+    e |= (uint64_t)(type == MV_P2M_MMIO_DIRECT ? mtype : MV_P2M_MT_WB) << EPT_MT_SHIFT;
+    e |= (uint64_t)type << EPT_TYPE_SHIFT;
+    if (level)
+        e |= EPT_LEAF;
+    if (special)
+        e |= EPT_SPECIAL;
+    return e;
+}
+
+static inline mv_ept_t ept_table(mv_mfn_t mfn)
+{
+    return (mfn << MV_PAGE_SHIFT) | EPT_RWX;
+}
+
+#define P2M_TOPUP 4u /* table frames one update may need: L3, L2, L1 plus one spare */
+
+struct mv_p2m {
+    mv_domain_t *d;
+    mv_spinlock_t lock;           /* MV_LOCK_RANK_P2M: every update */
+    mv_mfn_t root;
+    mv_gfn_t max_gfn;             /* one past the highest gfn the guest may name */
+
+    /* Listener protocol. */
+    _Atomic uint64_t seq;
+    _Atomic uint32_t in_progress;
+    struct mv_p2m_listener listeners[MV_P2M_MAX_LISTENERS];
+    uint32_t nr_listeners;
+
+    /* Table frames taken before the lock (KVM's topup); owner MV_OWNER_TOPUP. */
+    mv_mfn_t topup[P2M_TOPUP];
+    uint32_t nr_topup;
+
+    /* Statistics (under lock). */
+    uint64_t leaves[3];
+    uint64_t pages_by_type[MV_P2M_NR_TYPES];
+    uint64_t table_frames;
+    uint64_t splinters;
+    uint64_t populated;
+    uint64_t decreased;
+
+    /* Teardown cursor. */
+    mv_gfn_t teardown_gfn;
+    bool frames_released;
+};
+
+static inline struct mv_p2m *p2m_of(const mv_domain_t *d)
+{
+    return (struct mv_p2m *)d->mod[MV_MOD_P2M];
+}
+
+static inline mv_ept_t *ept_va(const mv_host_t *h, mv_mfn_t table)
+{
+    struct mv_heap_node *n = mv__mfn_node(h, table);
+    return (mv_ept_t *)mv__frame_va_fast(n, table);
+}
+
+static inline mv_ept_t ept_read(const mv_ept_t *slot)
+{
+    return atomic_load_explicit((const _Atomic mv_ept_t *)slot, memory_order_acquire);
+}
+
+static inline void ept_write(mv_ept_t *slot, mv_ept_t v)
+{
+    atomic_store_explicit((_Atomic mv_ept_t *)slot, v, memory_order_release);
+}
+
+/* ---- ept.c: the radix ------------------------------------------------------------------ */
+
+/*
+ * Find the leaf that maps gfn: its slot, level and entry (slot NULL when a table on the way
+ * is missing). Lock-free safe (atomic reads); writers hold the p2m lock.
+ */
+struct p2m_walk {
+    mv_ept_t *slot;
+    unsigned level;
+    mv_ept_t e;
+};
+void mv__p2m_walk(const mv_host_t *h, const struct mv_p2m *p, mv_gfn_t gfn, struct p2m_walk *w);
+
+/* Fill the topup cache (no lock held). MV_ENOMEM when a frame cannot be had. */
+int mv__p2m_topup(struct mv_p2m *p);
+/* Return topup frames (no lock held). */
+void mv__p2m_topup_drain(struct mv_p2m *p);
+
+/*
+ * Write the leaf for [gfn, gfn + 2^(9*level)) (p2m lock held), creating or splintering
+ * tables from the topup cache on the way. The old leaf entry comes back in *old, and the
+ * level of the leaf it belonged to (a bigger superpage has been splintered first, so *old
+ * then describes only this range). Cannot fail when the topup cache holds P2M_TOPUP frames.
+ */
+void mv__p2m_write_leaf(struct mv_p2m *p, mv_gfn_t gfn, unsigned level, mv_ept_t e, mv_ept_t *old);
+
+/* Splinter the superpage leaf of `level` that maps gfn (lock held, one topup frame). */
+void mv__p2m_splinter_at(struct mv_p2m *p, mv_gfn_t gfn, unsigned level);
+
+/* Account a leaf's appearance (+1) or removal (-1) in the statistics. */
+void mv__p2m_account(struct mv_p2m *p, mv_ept_t e, unsigned level, int sign);
+
+/* Listener protocol around a change (p2m lock held). */
+void mv__p2m_invalidate_start(struct mv_p2m *p, mv_gfn_t first, uint64_t count);
+void mv__p2m_invalidate_end(struct mv_p2m *p, mv_gfn_t first, uint64_t count);
+/* Under HAP, flush guest-physical translations after rights were reduced. */
+void mv__p2m_flush_gphys(struct mv_p2m *p);
+
+/* Unmap whatever RAM sits in [gfn, gfn + n) (lock held): m2p back-pointers cleared, the
+ * frames stay the domain's. Entries are left for the caller to overwrite. True if anything
+ * was mapped. */
+bool mv__p2m_unlink_range(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n);
+
+/* Free every table of the tree (teardown; no lock held). */
+void mv__p2m_free_tables(struct mv_p2m *p);
+
+extern const struct mv_module_ops mv__p2m_module;
+
+#endif
