@@ -273,6 +273,9 @@ MV_API int mv_domain_free_frames(mv_domain_t *d, mv_mfn_t mfn, unsigned order)
             return owner <= MV_DOMID_MAX ? MV_EXDEV : MV_EPERM;
         if (!(atomic_load_explicit(&f->flags, memory_order_relaxed) & MV_PGF_ALLOCATED))
             return MV_EALREADY;
+        /* Mapped in the p2m: the entry holds the allocation reference. */
+        if (atomic_load_explicit(&f->link, memory_order_acquire) != MV_INVALID_GFN)
+            return MV_EBUSY;
     }
     for (uint64_t i = 0; i < n; i++)
         mv__drop_allocation(d->h, mv__frame(d->h, mfn + i));

@@ -129,8 +129,8 @@ static int claim_extent(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n)
 {
     mv_host_t *h = p->d->h;
     int rc = 0;
-    mv_gfn_t g;
-    for (g = gfn; g < gfn + n && !rc;) {
+    mv_gfn_t g = gfn; /* [gfn, g) are claimed */
+    while (g < gfn + n && !rc) {
         struct p2m_walk w;
         mv__p2m_walk(h, p, g, &w);
         uint64_t span = 1ull << (9 * w.level);
@@ -143,19 +143,19 @@ static int claim_extent(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n)
             rc = MV_EPERM; /* XSA-378, XSA-507 */
         else if (type == MV_P2M_RAM_SHARED || !p2m_is_ram(type))
             rc = MV_EOPNOTSUPP;
-        for (; !rc && g < hi; g++) {
+        while (!rc && g < hi) {
             struct mv_frame *f = mv__frame(h, ept_mfn(w.e) + (g - base));
             uint32_t one = 1;
-            if (!atomic_compare_exchange_strong_explicit(&f->count, &one, 0,
-                                                         memory_order_acq_rel,
-                                                         memory_order_relaxed))
+            if (atomic_compare_exchange_strong_explicit(&f->count, &one, 0,
+                                                        memory_order_acq_rel,
+                                                        memory_order_relaxed))
+                g++;
+            else
                 rc = MV_EBUSY; /* XSA-252: someone else holds it */
         }
-        if (!rc)
-            g = hi;
     }
     if (rc) {
-        /* Give back what was claimed: [gfn, g) had their counts taken to 0. */
+        /* Give back what was claimed. */
         for (mv_gfn_t x = gfn; x < g; x++) {
             struct p2m_walk w;
             mv__p2m_walk(h, p, x, &w);
