@@ -197,26 +197,26 @@ MV_API int mv_page_put(mv_domain_t *d, mv_mfn_t mfn)
         return rc;
     if ((rc = owner_error(d, mv__frame_owner(f))))
         return rc;
-    /* Only references beyond the allocation's and the typed ones can be dropped here. */
+    /*
+     * References are anonymous counts (as in Xen): any general reference beyond the
+     * allocation's can be dropped here. Whether the caller really held one is the caller's
+     * word; the audit's recount catches a count that no holder accounts for.
+     */
     uint32_t x = atomic_load_explicit(&f->count, memory_order_relaxed);
     for (;;) {
-        uint32_t fl = atomic_load_explicit(&f->flags, memory_order_relaxed);
-        uint64_t typed = atomic_load_explicit(&f->type_info, memory_order_relaxed) &
-                         MV_PGT_COUNT_MASK;
-        uint64_t floor = ((fl & MV_PGF_ALLOCATED) ? 1 : 0) + typed;
+        uint32_t fl = atomic_load_explicit(&f->flags, memory_order_acquire);
+        uint32_t floor = (fl & MV_PGF_ALLOCATED) ? 1 : 0;
         if (x <= floor)
             return MV_ENOENT;
-        if (x > 1) {
-            if (atomic_compare_exchange_weak_explicit(&f->count, &x, x - 1,
-                                                      memory_order_acq_rel,
-                                                      memory_order_relaxed)) {
-                mv__flush_stamp(d->h, f, false);
-                return 0;
-            }
-            continue;
+        if (x == 1) {
+            mv__put_page(d->h, f); /* the last reference: frees the frame */
+            return 0;
         }
-        mv__put_page(d->h, f); /* the last reference: frees the frame */
-        return 0;
+        if (atomic_compare_exchange_weak_explicit(&f->count, &x, x - 1, memory_order_acq_rel,
+                                                  memory_order_relaxed)) {
+            mv__flush_stamp(d->h, f, false);
+            return 0;
+        }
     }
 }
 
