@@ -443,6 +443,8 @@ int mv__put_page_type(mv_host_t *h, struct mv_frame *f);
 int mv__page_type_validated(struct mv_frame *f);
 /* Free a frame whose count the caller took from 1 to 0 itself (exclusive removal). */
 void mv__frame_release(mv_host_t *h, struct mv_frame *f);
+/* The same for 2^order contiguous, aligned frames of one owner, freed as one block. */
+void mv__frame_release_block(mv_host_t *h, mv_mfn_t mfn, unsigned order);
 /* Drop the allocation reference (the domain gives the frame up). */
 int mv__drop_allocation(mv_host_t *h, struct mv_frame *f);
 

@@ -72,6 +72,29 @@ static void release_frame(mv_host_t *h, struct mv_frame *f)
     mv__heap_free(h, mv__frame_mfn(n, f), 0);
 }
 
+void mv__frame_release_block(mv_host_t *h, mv_mfn_t mfn, unsigned order)
+{
+    struct mv_heap_node *n = mv__mfn_node(h, mfn);
+    MV_ASSERT(n && !(mfn & ((1ull << order) - 1)));
+    uint64_t len = 1ull << order;
+    struct mv_frame *f0 = &n->ft[mfn - n->first_mfn];
+    mv_domain_t *d = mv__domain_of_owner(h, mv__frame_owner(f0));
+    /* One flush covers the block: the first frame that needs it triggers it. */
+    for (uint64_t i = 0; i < len; i++) {
+        struct mv_frame *f = f0 + i;
+        MV_ASSERT(atomic_load_explicit(&f->count, memory_order_relaxed) == 0);
+        mv__flush_if_needed(h, f, false);
+        atomic_store_explicit(&f->type_info, 0, memory_order_relaxed);
+        atomic_store_explicit(&f->flags, 0, memory_order_relaxed);
+        atomic_store_explicit(&f->link, MV_INVALID_GFN, memory_order_relaxed);
+        atomic_store_explicit(&f->owner, MV_OWNER_PENDING, memory_order_release);
+    }
+    atomic_store_explicit(&f0->flags, mv__pgf_head(order), memory_order_relaxed);
+    if (d)
+        atomic_fetch_sub_explicit(&d->pages, len, memory_order_acq_rel);
+    mv__heap_free(h, mfn, order);
+}
+
 void mv__frame_release(mv_host_t *h, struct mv_frame *f)
 {
     MV_ASSERT(atomic_load_explicit(&f->count, memory_order_relaxed) == 0);

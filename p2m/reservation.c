@@ -194,7 +194,8 @@ MV_API int mv_decrease_reservation(mv_domain_t *d, const mv_gfn_t *gfns, uint64_
          * entries are about to go: nobody else reads them), so that they can be freed
          * after the unlock without allocating anything under it.
          */
-        mv_mfn_t chain = MV_INVALID_MFN;
+        mv_mfn_t chain = MV_INVALID_MFN, first = MV_INVALID_MFN;
+        bool block = true; /* frames first .. first + n - 1, aligned: freed as one block */
         for (mv_gfn_t g = gfn; g < gfn + n;) {
             struct p2m_walk w;
             mv__p2m_walk(h, p, g, &w);
@@ -203,6 +204,9 @@ MV_API int mv_decrease_reservation(mv_domain_t *d, const mv_gfn_t *gfns, uint64_
             mv_gfn_t hi = base + span < gfn + n ? base + span : gfn + n;
             for (; g < hi; g++) {
                 mv_mfn_t m = ept_mfn(w.e) + (g - base);
+                if (g == gfn)
+                    first = m;
+                block &= m == first + (g - gfn);
                 atomic_store_explicit(&mv__frame(h, m)->link, chain, memory_order_relaxed);
                 chain = m;
             }
@@ -213,6 +217,10 @@ MV_API int mv_decrease_reservation(mv_domain_t *d, const mv_gfn_t *gfns, uint64_
         mv__p2m_invalidate_end(p, gfn, n);
         p->decreased += n;
         mv_spin_unlock(&p->lock);
+        if (block && !(first & (n - 1))) {
+            mv__frame_release_block(h, first, order);
+            chain = MV_INVALID_MFN;
+        }
         while (chain != MV_INVALID_MFN) {
             struct mv_frame *f = mv__frame(h, chain);
             chain = atomic_load_explicit(&f->link, memory_order_relaxed);
