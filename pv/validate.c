@@ -516,12 +516,14 @@ int pv__mod_entry(struct pv_ctx *c, mv_mfn_t tbl, unsigned level, unsigned slot,
     int rc = pv__check_bits(c, level, slot, val);
     if (rc)
         return rc;
-    c->pd->updates++;
-    if (old == val)
+    if (old == val) {
+        c->pd->updates++;
         return 0;
+    }
     /* Only accessed/dirty change: the references stay (the bits were checked above). */
     if ((old & val & MV_PTE_P) && !((old ^ val) & ~PV_PTE_AD)) {
         __atomic_store_n(&tab[slot], val, __ATOMIC_RELEASE);
+        c->pd->updates++;
         c->pd->fast_updates++;
         return 0;
     }
@@ -540,6 +542,7 @@ int pv__mod_entry(struct pv_ctx *c, mv_mfn_t tbl, unsigned level, unsigned slot,
     if (rc)
         return rc;
     __atomic_store_n(&tab[slot], val, __ATOMIC_RELEASE);
+    c->pd->updates++;
     /* The new references are held: now the old ones go. */
     if (drop_entry(c, tbl, level, old, &child) == PV_NEED_RELEASE) {
         struct mv_frame *cf = mv__frame(c->h, child);
