@@ -196,7 +196,8 @@ static inline uint64_t pvh_digest(mv_host_t *h, mv_domain_t *const *doms, unsign
             mv_mfn_t m = topo->node[n].first_mfn + i;
             struct mv_page_info pi = pvh_info(h, m);
             hsh = pvh_fold(hsh, ((uint64_t)pi.owner << 32) | pi.refs);
-            hsh = pvh_fold(hsh, ((uint64_t)pi.type << 32) | pi.type_refs);
+            /* A type whose count is zero is no type: any use may take the frame. */
+            hsh = pvh_fold(hsh, ((uint64_t)(pi.type_refs ? pi.type : 0) << 32) | pi.type_refs);
             hsh = pvh_fold(hsh, ((uint64_t)pi.flags << 32) | pi.node);
             hsh = pvh_fold(hsh, pi.gfn);
             if (pi.owner != UINT32_MAX) {
