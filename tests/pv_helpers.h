@@ -84,6 +84,11 @@ static inline int pvh_upd(mv_vcpu_t *v, uint64_t ptr, uint64_t val)
     return rc;
 }
 
+static inline mv_mfn_t pv_mfn_of(uint64_t e)
+{
+    return (e & MV_PTE_ADDR_MASK) >> MV_PAGE_SHIFT;
+}
+
 /* Entry address of slot i of table m. */
 static inline uint64_t pvh_ptr(mv_mfn_t m, unsigned i)
 {
