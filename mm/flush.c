@@ -35,7 +35,8 @@ void mv__flush_stamp(mv_host_t *h, struct mv_frame *f, bool writable)
 {
     uint32_t now = atomic_load_explicit(&h->flush_clock, memory_order_acquire);
     atomic_store_explicit(&f->tlbflush, now, memory_order_release);
-    if (writable)
+    /* Usually set already (a frame mapped and unmapped again and again): skip the RMW. */
+    if (writable && !(atomic_load_explicit(&f->flags, memory_order_relaxed) & MV_PGF_WSTAMP))
         atomic_fetch_or_explicit(&f->flags, MV_PGF_WSTAMP, memory_order_relaxed);
 }
 

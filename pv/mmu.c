@@ -81,12 +81,14 @@ static int one_update(struct pv_ctx *c, const struct mv_pv_mmu_update *r)
     }
     mv_mfn_t tm = addr >> MV_PAGE_SHIFT;
     unsigned slot = (unsigned)((addr & (MV_PAGE_SIZE - 1)) >> 3);
-    struct mv_frame *tf = mv__frame(c->h, tm);
+    struct mv_heap_node *n = mv__mfn_node(c->h, tm);
     int rc;
-    if (!tf) {
+    if (!n) {
         c->reason = MV_PV_REFUSE_ADDRESS;
         return MV_ERANGE;
     }
+    struct mv_frame *tf = &n->ft[tm - n->first_mfn];
+    uint64_t *tab = mv__frame_va_fast(n, tm);
     if ((rc = owner_check(c, tf)))
         return rc;
     uint64_t x = pv_type_word(tf);
@@ -96,7 +98,7 @@ static int one_update(struct pv_ctx *c, const struct mv_pv_mmu_update *r)
             c->reason = MV_PV_REFUSE_TYPE;
             return MV_EBUSY;
         }
-        return pv__mod_entry(c, tm, type, slot, r->val);
+        return pv__mod_entry(c, tm, tab, type, slot, r->val);
     }
     /* Not a table: a plain write, if the domain may write the frame. */
     if ((rc = mv__get_page(c->d, tf))) {
@@ -109,7 +111,7 @@ static int one_update(struct pv_ctx *c, const struct mv_pv_mmu_update *r)
         c->reason = rc == MV_EOVERFLOW ? MV_PV_REFUSE_OVERFLOW : MV_PV_REFUSE_TYPE;
         return rc == MV_EOVERFLOW ? rc : MV_EBUSY;
     }
-    __atomic_store_n(&pv__table(c->h, tm)[slot], r->val, __ATOMIC_RELEASE);
+    __atomic_store_n(&tab[slot], r->val, __ATOMIC_RELEASE);
     c->pd->plain_writes++;
     mv__put_page_type(c->h, tf);
     pv__put_ref(c, tf);

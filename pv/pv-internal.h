@@ -164,7 +164,8 @@ int pv__get_root(struct pv_ctx *c, mv_mfn_t mfn, unsigned level);
 /* Drop a root reference on a validated table; PV_DONE_DEFERRED when its release continues later. */
 int pv__put_root(struct pv_ctx *c, mv_mfn_t mfn);
 /* Write one entry of a validated table (mmu_update). 0, PV_YIELD, PV_DONE_DEFERRED or error. */
-int pv__mod_entry(struct pv_ctx *c, mv_mfn_t tbl, unsigned level, unsigned slot, uint64_t val);
+int pv__mod_entry(struct pv_ctx *c, mv_mfn_t tbl, uint64_t *tab, unsigned level, unsigned slot,
+                  uint64_t val);
 /*
  * Settle the vCPU's open continuation unless it is (cont_mfn, cont_level): a validation is
  * rolled back, a release finished. 0 or PV_YIELD.

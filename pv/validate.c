@@ -56,10 +56,9 @@ static uint64_t load_entry(const uint64_t *tab, unsigned i)
 
 /* ---- References ------------------------------------------------------------------------- */
 
-void pv__put_ref(struct pv_ctx *c, struct mv_frame *f)
+/* Drop a general reference whose removal the caller has stamped already. */
+static void put_ref_stamped(struct pv_ctx *c, struct mv_frame *f)
 {
-    /* Stamp first: the mapping is gone from now on (as mm's put does). */
-    mv__flush_stamp(c->h, f, false);
     uint32_t x = atomic_load_explicit(&f->count, memory_order_relaxed);
     while (x > 1)
         if (atomic_compare_exchange_weak_explicit(&f->count, &x, x - 1, memory_order_acq_rel,
@@ -68,6 +67,13 @@ void pv__put_ref(struct pv_ctx *c, struct mv_frame *f)
     /* Possibly the last: freeing goes through the heap, so it waits for the unlock. */
     MV_ASSERT(c->pd->nr_deferred < PV_DEFER_MAX);
     c->pd->deferred[c->pd->nr_deferred++] = f;
+}
+
+void pv__put_ref(struct pv_ctx *c, struct mv_frame *f)
+{
+    /* Stamp first: the mapping is gone from now on (as mm's put does). */
+    mv__flush_stamp(c->h, f, false);
+    put_ref_stamped(c, f);
 }
 
 static int get_ref(struct pv_ctx *c, struct mv_frame *f)
@@ -252,9 +258,12 @@ static int drop_entry(struct pv_ctx *c, mv_mfn_t tbl, unsigned level, uint64_t e
     struct mv_frame *tf = mv__frame(c->h, t);
     MV_ASSERT(tf);
     if (level == 1) {
-        if (e & MV_PTE_RW)
-            mv__put_page_type(c->h, tf);
-        pv__put_ref(c, tf);
+        if (e & MV_PTE_RW) {
+            mv__put_page_type(c->h, tf); /* stamps the removal */
+            put_ref_stamped(c, tf);
+        } else {
+            pv__put_ref(c, tf);
+        }
         return 0;
     }
     if (t == tbl)
@@ -509,9 +518,9 @@ int pv__settle(struct pv_ctx *c, mv_mfn_t cont_mfn, unsigned cont_level)
 
 /* ---- One entry of a validated table ------------------------------------------------------ */
 
-int pv__mod_entry(struct pv_ctx *c, mv_mfn_t tbl, unsigned level, unsigned slot, uint64_t val)
+int pv__mod_entry(struct pv_ctx *c, mv_mfn_t tbl, uint64_t *tab, unsigned level, unsigned slot,
+                  uint64_t val)
 {
-    uint64_t *tab = pv__table(c->h, tbl);
     uint64_t old = load_entry(tab, slot);
     int rc = pv__check_bits(c, level, slot, val);
     if (rc)
