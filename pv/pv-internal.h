@@ -89,7 +89,7 @@ struct pv_linear {
 };
 
 #define PV_DEFER_MAX 256u
-#define PV_DEFER_RESERVE 8u  /* room one step of work may need */
+#define PV_DEFER_RESERVE 16u /* room one step of work may need (an entry, a chain of pops) */
 
 struct pv_domain {
     mv_spinlock_t lock;
