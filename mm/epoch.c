@@ -4,8 +4,11 @@
  * p2m lookups walk tables with no lock. A table frame unlinked from a tree may still be
  * under a reader's feet, so it is retired, not freed: tagged with the epoch at which it
  * left, and freed once every reader that was inside then has left. Readers announce
- * themselves in their slot with a sequentially consistent exchange (the store-load order
- * the scheme needs); callers without a slot use a shared counter instead, which only
+ * themselves in their slot: the scheme needs their store ordered before their table
+ * reads. Where the platform offers barrier_all (membarrier, an IPI), readers use a plain
+ * store and the reclaimer runs barrier_all before it looks at the slots (an asymmetric
+ * fence: lookups are frequent, reclamation rare); otherwise readers use a sequentially
+ * consistent exchange. Callers without a slot use a shared counter instead, which only
  * delays reclamation while they read.
  *
  * Retired frames are chained through their descriptors (link word), the epoch tag kept in
@@ -47,6 +50,9 @@ void mv__epoch_reclaim(mv_host_t *h, bool all)
 {
     if (!atomic_load_explicit(&h->limbo_nonempty, memory_order_relaxed) && !all)
         return;
+    /* Readers that announced with a plain store: make their announcements visible. */
+    if (!all && h->plat->barrier_all)
+        h->plat->barrier_all(h->plat);
     uint64_t oldest = all ? UINT64_MAX : oldest_reader(h);
     mv_mfn_t ready = MV_INVALID_MFN;
     mv_spin_lock(&h->limbo_lock);
@@ -90,7 +96,16 @@ uint32_t mv__epoch_enter(mv_host_t *h)
         return MV_SLOT_NONE;
     }
     uint64_t e = atomic_load_explicit(&h->epoch, memory_order_relaxed);
-    atomic_exchange_explicit(&h->slot_epoch[s].e, e, memory_order_seq_cst);
+    if (h->plat->barrier_all) {
+        /*
+         * A plain store; the reclaimer's barrier_all orders it before our table reads as
+         * far as the reclaimer can tell. The compiler must not move the walk above it.
+         */
+        atomic_store_explicit(&h->slot_epoch[s].e, e, memory_order_relaxed);
+        __asm__ __volatile__("" ::: "memory");
+    } else {
+        atomic_exchange_explicit(&h->slot_epoch[s].e, e, memory_order_seq_cst);
+    }
     return s;
 }
 

@@ -32,7 +32,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/membarrier.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <time.h>
 
 #include <numaif.h>
@@ -310,6 +313,13 @@ static uint32_t slot_register(void)
     return MV_SLOT_NONE; /* all taken: the engine takes its slot-less paths */
 }
 
+/* Every thread of the process runs a full barrier before this returns. */
+static void barrier_all(const struct mv_platform *p)
+{
+    (void)p;
+    syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
+}
+
 static uint32_t slot_id(const struct mv_platform *p)
 {
     uint32_t s = my_slot;
@@ -380,6 +390,10 @@ MV_API int mv_posix_platform_create(const struct mv_posix_config *ucfg, struct m
         return rc;
     }
 
+    /* Asymmetric barriers for the engine's lock-free readers, where the kernel has them. */
+    bool membarrier_ok =
+        syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+
     c->plat = (struct mv_platform){
         .size = sizeof(struct mv_platform),
         .ctx = c,
@@ -394,6 +408,7 @@ MV_API int mv_posix_platform_create(const struct mv_posix_config *ucfg, struct m
         .tlb_flush = NULL,
         .max_slots = MV_MAX_SLOTS,
         .slot_id = slot_id,
+        .barrier_all = membarrier_ok ? barrier_all : NULL,
     };
     *out = &c->plat;
     return 0;

@@ -27,28 +27,55 @@ void mv__p2m_walk(const mv_host_t *h, const struct mv_p2m *p, mv_gfn_t gfn, stru
     }
 }
 
+/* The next pool chunk: about a quarter of the tree's size, 1 to 512 frames. */
+static unsigned pool_order(const struct mv_p2m *p)
+{
+    unsigned order = 0;
+    while (order < 9 && (4ull << order) <= p->table_frames)
+        order++;
+    return order;
+}
+
 int mv__p2m_topup(struct mv_p2m *p)
 {
     mv_domain_t *d = p->d;
     while (p->nr_topup < P2M_TOPUP) {
-        mv_mfn_t m;
-        int rc = mv__heap_alloc(d->h, 0, d->node_affinity, MV_ALLOC_ZERO, MV_OWNER_TOPUP, &m);
-        if (rc)
-            return rc;
-        p->topup[p->nr_topup++] = m;
-        atomic_fetch_add_explicit(&d->overhead_pages, 1, memory_order_relaxed);
+        if (!p->pool_left) {
+            unsigned order = pool_order(p);
+            mv_mfn_t m;
+            int rc = mv__heap_alloc(d->h, order, d->node_affinity, MV_ALLOC_ZERO,
+                                    MV_OWNER_TOPUP, &m);
+            if (rc)
+                return rc;
+            /* Each frame its own block: tables leave the tree one by one. */
+            for (uint64_t i = 0; i < (1ull << order); i++)
+                atomic_store_explicit(&mv__frame(d->h, m + i)->flags, mv__pgf_head(0),
+                                      memory_order_relaxed);
+            p->pool_next = m;
+            p->pool_left = 1ull << order;
+            atomic_fetch_add_explicit(&d->overhead_pages, p->pool_left, memory_order_relaxed);
+        }
+        p->topup[p->nr_topup++] = p->pool_next++;
+        p->pool_left--;
     }
     return 0;
 }
 
+static void give_back(struct mv_p2m *p, mv_mfn_t m)
+{
+    struct mv_frame *f = mv__frame(p->d->h, m);
+    atomic_store_explicit(&f->owner, MV_OWNER_PENDING, memory_order_release);
+    mv__heap_free(p->d->h, m, 0);
+    atomic_fetch_sub_explicit(&p->d->overhead_pages, 1, memory_order_relaxed);
+}
+
 void mv__p2m_topup_drain(struct mv_p2m *p)
 {
-    while (p->nr_topup) {
-        mv_mfn_t m = p->topup[--p->nr_topup];
-        struct mv_frame *f = mv__frame(p->d->h, m);
-        atomic_store_explicit(&f->owner, MV_OWNER_PENDING, memory_order_release);
-        mv__heap_free(p->d->h, m, 0);
-        atomic_fetch_sub_explicit(&p->d->overhead_pages, 1, memory_order_relaxed);
+    while (p->nr_topup)
+        give_back(p, p->topup[--p->nr_topup]);
+    while (p->pool_left) {
+        give_back(p, p->pool_next++);
+        p->pool_left--;
     }
 }
 

@@ -116,6 +116,13 @@ struct mv_p2m {
     /* Table frames taken before the lock (KVM's topup); owner MV_OWNER_TOPUP. */
     mv_mfn_t topup[P2M_TOPUP];
     uint32_t nr_topup;
+    /*
+     * Where topup frames come from: a chunk of contiguous frames that grows with the tree
+     * (up to 2 MiB), so that a big guest's tables sit together - a random lookup then
+     * misses in the cache for the entry, not also in the TLB for the table.
+     */
+    mv_mfn_t pool_next;
+    uint64_t pool_left;
 
     /* Statistics (under lock). */
     uint64_t leaves[3];

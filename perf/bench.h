@@ -167,6 +167,7 @@ int mvb_register_ratio(const char *bench, const char *baseline, double goal_max)
 void mvb_register_mm(void);
 void mvb_register_ref(void);
 void mvb_register_pv(void);
+void mvb_register_p2m(void);
 
 #ifdef __cplusplus
 }

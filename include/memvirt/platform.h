@@ -123,6 +123,15 @@ struct mv_platform {
      */
     uint32_t max_slots;
     uint32_t (*slot_id)(const struct mv_platform *p);
+
+    /*
+     * Optional: make every thread (CPU) that may be inside the engine execute a full
+     * memory barrier before this returns - Linux's membarrier(PRIVATE_EXPEDITED), or an
+     * IPI in a hypervisor. With it, lock-free readers (p2m lookups) announce themselves
+     * with a plain store and the rare reclaimer pays for the ordering; without it, every
+     * reader pays a locked instruction. Called with no engine lock held.
+     */
+    void (*barrier_all)(const struct mv_platform *p);
 };
 
 #ifdef __cplusplus

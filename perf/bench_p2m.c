@@ -1,0 +1,346 @@
+/*
+ * perf/bench_p2m.c - the P2M over a 24 GiB guest (6.29 M gfns), with same-run baselines.
+ *
+ *   p2m/lookup_random_4k        independent random lookups, guest mapped with 4 KiB leaves
+ *   p2m/lookup_random_2m        the same over 2 MiB leaves
+ *   baseline/flat_lookup_random a flat gfn -> mfn array of the same mapping
+ *   p2m/lookup_chase_4k         each gfn derived from the previous result (latency-bound,
+ *                               as in a fault handler); baseline/flat_lookup_chase likewise
+ *   p2m/set_entry_4k            rewrite one 4 KiB entry (type toggled ro/rw); item = one call
+ *   p2m/populate_1g             populate 1 GiB (2 MiB extents); item = 1 GiB
+ *   p2m/decrease_1g             decrease 1 GiB of touched memory, decommit included; item = 1 GiB
+ *   baseline/madvise_1g         madvise(MADV_DONTNEED) over 1 GiB of touched memory
+ *
+ * Populating does not touch guest frames, so the 24 GiB guests cost only their p2m tables
+ * and frame descriptors here. The guests are built once (on first use) and kept for the
+ * whole program; MEMVIRT_BENCH_GUEST_GIB makes them smaller (the smoke test uses 1).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include <memvirt/memvirt.h>
+
+#include "bench.h"
+
+#define GIB (1ull << 30)
+#define GFNS_PER_GIB (GIB >> MV_PAGE_SHIFT)
+
+struct fixture {
+    mv_host_t *host;
+    mv_domain_t *d4k, *d2m, *dio;
+    uint64_t gfns;        /* per guest */
+    mv_mfn_t *flat;       /* gfn -> mfn of d4k, the baseline's array */
+    int failed;
+};
+
+static struct fixture fx;
+
+static int populate_all(mv_domain_t *d, uint64_t gfns, unsigned order)
+{
+    enum { CHUNK = 4096 };
+    static mv_gfn_t list[CHUNK];
+    uint64_t extents = gfns >> order;
+    for (uint64_t e = 0; e < extents;) {
+        uint64_t n = extents - e < CHUNK ? extents - e : CHUNK;
+        for (uint64_t i = 0; i < n; i++)
+            list[i] = (e + i) << order;
+        uint64_t off = 0, done;
+        int rc;
+        while ((rc = mv_populate_physmap(d, list + off, n - off, order, MV_NODE_ANY, &done)) ==
+               MV_EAGAIN)
+            off += done;
+        if (rc)
+            return rc;
+        e += n;
+    }
+    return 0;
+}
+
+static void fixture_fini(void)
+{
+    if (!fx.host)
+        return;
+    mv_domain_t *doms[] = {fx.d4k, fx.d2m, fx.dio};
+    for (size_t i = 0; i < 3; i++) {
+        int rc;
+        while (doms[i] && (rc = mv_domain_destroy(doms[i])) == MV_EAGAIN)
+            ;
+    }
+    if (mv_host_audit(fx.host, NULL))
+        mvb_report_failure("p2m", "audit not clean at exit");
+    mv_host_destroy(fx.host);
+    free(fx.flat);
+    fx.host = NULL;
+}
+
+static int fixture_get(void)
+{
+    if (fx.host || fx.failed)
+        return fx.failed;
+    const char *env = getenv("MEMVIRT_BENCH_GUEST_GIB");
+    uint64_t gib = env ? strtoull(env, NULL, 10) : 24;
+    if (!gib || gib > 64)
+        gib = 24;
+    fx.gfns = gib * GFNS_PER_GIB;
+    struct mv_host_config hc = {.size = sizeof hc, .mem_bytes = (2 * gib + 3) * GIB,
+                                .topology = "pack:1 numa:1 core:2 pu:1"};
+    int rc = mv_host_create(&hc, &fx.host);
+    struct mv_domain_config dc = {.size = sizeof dc, .type = MV_DOMAIN_HVM,
+                                  .paging = MV_PAGING_HAP, .nr_vcpus = 1,
+                                  .max_pages = fx.gfns, .node_affinity = MV_NODE_ANY};
+    mv_domain_t **slots[] = {&fx.d4k, &fx.d2m, &fx.dio};
+    for (uint32_t i = 0; !rc && i < 3; i++) {
+        dc.domid = i + 1;
+        if (i == 2)
+            dc.max_pages = 2 * GFNS_PER_GIB;
+        rc = mv_domain_create(fx.host, &dc, slots[i]);
+    }
+    if (!rc)
+        rc = populate_all(fx.d4k, fx.gfns, 0);
+    if (!rc)
+        rc = populate_all(fx.d2m, fx.gfns, 9);
+    if (!rc) {
+        fx.flat = malloc(fx.gfns * sizeof(*fx.flat));
+        for (uint64_t g = 0; fx.flat && g < fx.gfns; g++) {
+            struct mv_p2m_entry e;
+            mv_p2m_lookup(fx.d4k, g, &e);
+            fx.flat[g] = e.mfn;
+        }
+        if (!fx.flat)
+            rc = MV_ENOMEM;
+    }
+    if (rc) {
+        fprintf(stderr, "memvirt-bench: p2m fixture: %s\n", mv_strerror_name(rc));
+        fx.failed = 1;
+        return 1;
+    }
+    atexit(fixture_fini);
+    return 0;
+}
+
+static int fx_setup(void *user, int threads)
+{
+    (void)user;
+    (void)threads;
+    return fixture_get();
+}
+
+static inline uint64_t xorshift(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *s = x;
+}
+
+/* The next gfn of a chase, from the frame the last lookup found. */
+static inline mv_gfn_t chase_next(mv_mfn_t mfn, uint64_t gfns)
+{
+    return ((mfn * 0x9e3779b97f4a7c15ull) >> 17) % gfns;
+}
+
+/* ---- Lookups ----------------------------------------------------------------------------- */
+
+struct lookup_bench {
+    bool use_2m, chase, flat;
+};
+
+static void run_lookup(mvb_state_t *st, void *user)
+{
+    const struct lookup_bench *b = user;
+    mv_domain_t *d = b->use_2m ? fx.d2m : fx.d4k;
+    const uint64_t gfns = fx.gfns;
+    const mv_mfn_t *flat = fx.flat;
+    uint64_t seed = 0x2545f4914f6cdd1dull, n, sum = 0;
+    mv_gfn_t g = 1;
+    while (mvb_keep_running_batch(st, &n)) {
+        for (uint64_t i = 0; i < n; i++) {
+            g = b->chase ? g : xorshift(&seed) % gfns;
+            mv_mfn_t m;
+            if (b->flat) {
+                m = flat[g];
+            } else {
+                struct mv_p2m_entry e;
+                if (mv_p2m_lookup(d, g, &e) || e.type != MV_P2M_RAM_RW) {
+                    mvb_skip_with_error(st, "lookup failed");
+                    break;
+                }
+                m = e.mfn;
+            }
+            sum += m;
+            if (b->chase)
+                g = chase_next(m, gfns);
+        }
+    }
+    if (sum == 1)
+        fprintf(stderr, "(unlikely)\n"); /* keeps the lookups from being optimized out */
+    if (!mvb_error_occurred(st))
+        mvb_set_items_processed(st, mvb_iterations(st));
+}
+
+static struct lookup_bench lk_4k = {0}, lk_2m = {.use_2m = true}, lk_flat = {.flat = true},
+                           ch_4k = {.chase = true}, ch_flat = {.chase = true, .flat = true};
+
+/* ---- set_entry --------------------------------------------------------------------------- */
+
+static void run_set_entry(mvb_state_t *st, void *user)
+{
+    (void)user;
+    uint64_t seed = 0x9e3779b97f4a7c15ull, n, k = 0;
+    while (mvb_keep_running_batch(st, &n)) {
+        for (uint64_t i = 0; i < n; i++, k++) {
+            mv_gfn_t g = xorshift(&seed) % fx.gfns;
+            unsigned type = (k & 1) ? MV_P2M_RAM_RW : MV_P2M_RAM_RO;
+            int rc = mv_p2m_set_entry(fx.d4k, g, fx.flat[g], 0, type, MV_P2M_RWX);
+            if (rc) {
+                mvb_skip_with_error(st, mv_strerror_name(rc));
+                break;
+            }
+        }
+    }
+    /* Leave every entry ram_rw again for the lookups. */
+    uint64_t off = 0, done;
+    while (mv_p2m_change_type_range(fx.d4k, off, fx.gfns - off, MV_P2M_RAM_RO, MV_P2M_RAM_RW,
+                                    &done) == MV_EAGAIN)
+        off += done;
+    if (!mvb_error_occurred(st))
+        mvb_set_items_processed(st, mvb_iterations(st));
+}
+
+/* ---- 1 GiB populate / decrease / madvise ------------------------------------------------- */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int io_populate(void)
+{
+    return populate_all(fx.dio, GFNS_PER_GIB, 9);
+}
+
+static int io_decrease(void)
+{
+    static mv_gfn_t list[GFNS_PER_GIB >> 9];
+    for (uint64_t i = 0; i < (GFNS_PER_GIB >> 9); i++)
+        list[i] = i << 9;
+    uint64_t off = 0, done;
+    int rc;
+    while ((rc = mv_decrease_reservation(fx.dio, list + off, (GFNS_PER_GIB >> 9) - off, 9,
+                                         &done)) == MV_EAGAIN)
+        off += done;
+    return rc ? rc : mv_host_trim(fx.host);
+}
+
+static void touch_guest(void)
+{
+    for (mv_gfn_t g = 0; g < GFNS_PER_GIB; g += 512) {
+        struct mv_p2m_entry e;
+        mv_p2m_lookup(fx.dio, g, &e);
+        volatile uint8_t *p = mv_frame_va(fx.host, e.mfn);
+        for (unsigned i = 0; i < 512; i++)
+            p[(size_t)i << MV_PAGE_SHIFT] = 1;
+    }
+}
+
+struct io_bench {
+    int which; /* 0 populate, 1 decrease */
+};
+
+static void run_io(mvb_state_t *st, void *user)
+{
+    const struct io_bench *b = user;
+    uint64_t n;
+    while (mvb_keep_running_batch(st, &n)) {
+        for (uint64_t i = 0; i < n; i++) {
+            int rc;
+            double t0, t1;
+            if (b->which == 0) {
+                t0 = now_s();
+                rc = io_populate();
+                t1 = now_s();
+                if (!rc)
+                    rc = io_decrease();
+            } else {
+                rc = io_populate();
+                touch_guest();
+                t0 = now_s();
+                if (!rc)
+                    rc = io_decrease();
+                t1 = now_s();
+            }
+            if (rc) {
+                mvb_skip_with_error(st, mv_strerror_name(rc));
+                break;
+            }
+            mvb_add_manual_time(st, t1 - t0);
+        }
+    }
+    if (!mvb_error_occurred(st))
+        mvb_set_items_processed(st, mvb_iterations(st));
+}
+
+static struct io_bench io_pop = {0}, io_dec = {1};
+
+static void run_madvise(mvb_state_t *st, void *user)
+{
+    (void)user;
+    uint8_t *mem = mmap(NULL, GIB, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (mem == MAP_FAILED) {
+        mvb_skip_with_error(st, "mmap");
+        return;
+    }
+    madvise(mem, GIB, MADV_NOHUGEPAGE);
+    uint64_t n;
+    while (mvb_keep_running_batch(st, &n)) {
+        for (uint64_t i = 0; i < n; i++) {
+            for (size_t off = 0; off < GIB; off += MV_PAGE_SIZE)
+                ((volatile uint8_t *)mem)[off] = 1;
+            double t0 = now_s();
+            /* In 2 MiB pieces, as the engine's decommit batches go. */
+            for (size_t off = 0; off < GIB; off += 2u << 20)
+                madvise(mem + off, 2u << 20, MADV_DONTNEED);
+            mvb_add_manual_time(st, now_s() - t0);
+        }
+    }
+    munmap(mem, GIB);
+    mvb_set_items_processed(st, mvb_iterations(st));
+}
+
+/* ---- Registration ------------------------------------------------------------------------ */
+
+static void reg(const char *name, mvb_run_fn run, void *user, mvb_setup_fn setup, unsigned flags)
+{
+    if (mvb_register(&(struct mvb_bench){.name = name, .run = run, .user = user,
+                                         .setup = setup, .threads = {1}, .flags = flags})) {
+        fprintf(stderr, "memvirt-bench: cannot register %s\n", name);
+        exit(1);
+    }
+}
+
+void mvb_register_p2m(void)
+{
+    reg("p2m/lookup_random_4k", run_lookup, &lk_4k, fx_setup, 0);
+    reg("p2m/lookup_random_2m", run_lookup, &lk_2m, fx_setup, 0);
+    reg("baseline/flat_lookup_random", run_lookup, &lk_flat, fx_setup, 0);
+    reg("p2m/lookup_chase_4k", run_lookup, &ch_4k, fx_setup, 0);
+    reg("baseline/flat_lookup_chase", run_lookup, &ch_flat, fx_setup, 0);
+    reg("p2m/set_entry_4k", run_set_entry, NULL, fx_setup, 0);
+    reg("p2m/populate_1g", run_io, &io_pop, fx_setup, MVB_MANUAL_TIME);
+    reg("p2m/decrease_1g", run_io, &io_dec, fx_setup, MVB_MANUAL_TIME);
+    reg("baseline/madvise_1g", run_madvise, NULL, NULL, MVB_MANUAL_TIME);
+    if (mvb_register_ratio("p2m/lookup_random_4k", "baseline/flat_lookup_random", 3.0) ||
+        mvb_register_ratio("p2m/lookup_random_2m", "baseline/flat_lookup_random", 3.0) ||
+        mvb_register_ratio("p2m/lookup_chase_4k", "baseline/flat_lookup_chase", 1.5) ||
+        mvb_register_ratio("p2m/decrease_1g", "baseline/madvise_1g", 1.25)) {
+        fprintf(stderr, "memvirt-bench: cannot register the p2m ratios\n");
+        exit(1);
+    }
+}
