@@ -3,6 +3,7 @@
  * and types taken and dropped, pinning, base pointers, devalidation, the fast path, linear
  * entries, preemption and continuation, flushes, destroy and ballooning (XSA-252).
  */
+#include <pthread.h>
 #include <stdatomic.h>
 
 #include "pv_helpers.h"
@@ -407,6 +408,105 @@ static void test_not_pv(void **state)
     pvh_destroy(hv);
 }
 
+/* ---- Concurrency: vCPUs of one domain serialize on its PV lock; domains run in parallel. */
+
+#define TH_SHARED 64
+
+struct th_arg {
+    mv_domain_t *d;
+    mv_vcpu_t *v;
+    mv_mfn_t l1;
+    const mv_mfn_t *shared;
+    uint64_t seed;
+    int failures;
+};
+
+static void *updater(void *p)
+{
+    struct th_arg *a = p;
+    struct th_rng r = {a->seed};
+    struct mv_pv_mmu_update req[32];
+    for (unsigned it = 0; it < 400; it++) {
+        for (unsigned i = 0; i < 32; i++) {
+            uint64_t fl = PTE_P | (th_rand_below(&r, 2) ? PTE_RW : 0);
+            uint64_t val = th_rand_below(&r, 8) ? pte(a->shared[th_rand_below(&r, TH_SHARED)], fl)
+                                                 : 0;
+            req[i] = (struct mv_pv_mmu_update){pvh_ptr(a->l1, (unsigned)th_rand_below(&r, 64)),
+                                               val};
+        }
+        uint32_t done, off = 0;
+        int rc;
+        while ((rc = mv_pv_mmu_update(a->v, req + off, 32 - off, &done)) == MV_EAGAIN)
+            off += done;
+        if (rc)
+            a->failures++;
+        if (it % 50 == 0) {
+            struct mv_pv_mmuext_op o = {.cmd = MV_PV_TLB_FLUSH_LOCAL};
+            if (mv_pv_mmuext_op(a->v, &o, 1, &done))
+                a->failures++;
+        }
+    }
+    return NULL;
+}
+
+static void *pinner(void *p)
+{
+    struct th_arg *a = p;
+    for (unsigned it = 0; it < 300; it++) {
+        struct mv_pv_mmuext_op o = {.cmd = MV_PV_PIN_L2_TABLE, .arg = a->l1};
+        uint32_t done;
+        int rc;
+        while ((rc = mv_pv_mmuext_op(a->v, &o, 1, &done)) == MV_EAGAIN && !done)
+            ;
+        o.cmd = MV_PV_UNPIN_TABLE;
+        int rc2;
+        while ((rc2 = mv_pv_mmuext_op(a->v, &o, 1, &done)) == MV_EAGAIN && !done)
+            ;
+        while (mv_pv_mmuext_op(a->v, NULL, 0, &done) == MV_EAGAIN)
+            ;
+        if (rc || (rc2 && rc2 != MV_EAGAIN))
+            a->failures++;
+    }
+    return NULL;
+}
+
+static void test_threads(void **state)
+{
+    (void)state;
+    mv_domain_t *e = pvh_domain(h, 30, 256, 0, 1);
+    mv_mfn_t shared[TH_SHARED];
+    for (unsigned i = 0; i < TH_SHARED; i++)
+        shared[i] = pvh_frame(d);
+    struct th_arg a[3] = {
+        {.d = d, .v = mv_domain_vcpu(d, 0), .l1 = pvh_frame(d), .shared = shared, .seed = 1},
+        {.d = d, .v = mv_domain_vcpu(d, 1), .l1 = pvh_frame(d), .shared = shared, .seed = 2},
+        {.d = e, .v = mv_domain_vcpu(e, 0), .l1 = pvh_frame(e)},
+    };
+    /* The other domain pins and unpins an L2 over a few L1s. */
+    mv_mfn_t el1 = pvh_frame(e), x = pvh_frame(e);
+    pvh_tab(h, el1)[0] = pte(x, PTE_P | PTE_RW);
+    pvh_tab(h, a[2].l1)[0] = pte(el1, PTE_TABLE);
+    for (unsigned i = 0; i < 2; i++)
+        assert_int_equal(pvh_op(a[i].v, MV_PV_PIN_L1_TABLE, a[i].l1), 0);
+    pthread_t t[3];
+    assert_int_equal(pthread_create(&t[0], NULL, updater, &a[0]), 0);
+    assert_int_equal(pthread_create(&t[1], NULL, updater, &a[1]), 0);
+    assert_int_equal(pthread_create(&t[2], NULL, pinner, &a[2]), 0);
+    for (unsigned i = 0; i < 3; i++)
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+    for (unsigned i = 0; i < 3; i++)
+        assert_int_equal(a[i].failures, 0);
+    th_assert_audit_clean(h);
+    for (unsigned i = 0; i < 2; i++)
+        assert_int_equal(pvh_op_all(a[i].v, MV_PV_UNPIN_TABLE, a[i].l1, NULL), 0);
+    for (unsigned i = 0; i < TH_SHARED; i++) {
+        assert_int_equal(pvh_info(h, shared[i]).refs, 1);
+        assert_int_equal(pvh_info(h, shared[i]).type_refs, 0);
+    }
+    th_assert_audit_clean(h);
+    pvh_destroy(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -423,6 +523,7 @@ int main(void)
         cmocka_unit_test(test_destroy_with_pinned_trees),
         cmocka_unit_test(test_balloon_out_pinned_table_refused),
         cmocka_unit_test(test_not_pv),
+        cmocka_unit_test(test_threads),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

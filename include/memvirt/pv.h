@@ -14,7 +14,10 @@
  *    (mv_pv_set_budget): when the budget runs out the call returns MV_EAGAIN, the progress
  *    stays in the frames (partial validation), and repeating the same request continues.
  *    A vCPU has at most one such open continuation; any other PV call on that vCPU first
- *    rolls it back (releasing every reference it took).
+ *    rolls it back (releasing every reference it took). A validation refused half-way
+ *    releases everything it took before the call returns its error; only when that release
+ *    is longer than one budget (a tree validated over several calls) does its rest run at
+ *    the start of the vCPU's next call, which returns MV_EAGAIN until it is done.
  *  - When the last type reference of a table goes, the table is devalidated: its entries'
  *    references are released, tables below that lose their last type reference with them.
  *    Big trees are devalidated in budgeted slices; what is left is kept on the vCPU (Xen's
