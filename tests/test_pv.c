@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "mm-internal.h"
 #include "pv_helpers.h"
 
 static mv_host_t *h;
@@ -408,6 +409,42 @@ static void test_not_pv(void **state)
     pvh_destroy(hv);
 }
 
+/* The audit sees what a broken engine (or a write behind its back) would leave. */
+static void test_audit_catches(void **state)
+{
+    (void)state;
+    mv_mfn_t l2 = pvh_frame(d), l1 = pvh_frame(d), x = pvh_frame(d);
+    pvh_tab(h, l2)[0] = pte(l1, PTE_TABLE);
+    pvh_tab(h, l1)[0] = pte(x, PTE_P);
+    assert_int_equal(pvh_op(v, MV_PV_PIN_L2_TABLE, l2), 0);
+    th_assert_audit_clean(h);
+    uint64_t *e = &pvh_tab(h, l1)[1];
+    /* An entry that holds no reference: the recount finds one more than the count. */
+    *e = pte(x, PTE_P);
+    assert_true(th_audit_has(h, "refcount-mismatch"));
+    /* A writable entry to a frame that is not writable-typed (I4/I5). */
+    *e = pte(x, PTE_P | PTE_RW);
+    assert_true(th_audit_has(h, "writable-entry-not-writable"));
+    /* Bits no update would let through (I5). */
+    *e = 0;
+    pvh_tab(h, l1)[2] = 0x0000000000001000ull; /* not present, naming memory */
+    assert_true(th_audit_has(h, "entry-bits"));
+    pvh_tab(h, l1)[2] = 0;
+    /* An upper entry to a frame that is not the next level down (I5). */
+    pvh_tab(h, l2)[1] = pte(x, PTE_TABLE);
+    assert_true(th_audit_has(h, "entry-target-level"));
+    pvh_tab(h, l2)[1] = 0;
+    /* A pinned table that is not validated (I7). */
+    struct mv_frame *f = mv__frame(h, l2);
+    uint64_t t0 = atomic_load(&f->type_info);
+    atomic_store(&f->type_info, t0 & ~MV_PGT_VALIDATED);
+    assert_true(th_audit_has(h, "pinned-not-validated"));
+    atomic_store(&f->type_info, t0);
+    th_assert_audit_clean(h);
+    assert_int_equal(pvh_op(v, MV_PV_UNPIN_TABLE, l2), 0);
+    th_assert_audit_clean(h);
+}
+
 /* ---- Concurrency: vCPUs of one domain serialize on its PV lock; domains run in parallel. */
 
 #define TH_SHARED 64
@@ -523,6 +560,7 @@ int main(void)
         cmocka_unit_test(test_destroy_with_pinned_trees),
         cmocka_unit_test(test_balloon_out_pinned_table_refused),
         cmocka_unit_test(test_not_pv),
+        cmocka_unit_test(test_audit_catches),
         cmocka_unit_test(test_threads),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
