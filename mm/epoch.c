@@ -88,35 +88,6 @@ void mv__epoch_reclaim(mv_host_t *h, bool all)
     }
 }
 
-uint32_t mv__epoch_enter(mv_host_t *h)
-{
-    uint32_t s = h->plat->slot_id(h->plat);
-    if (s >= h->max_slots) {
-        atomic_fetch_add_explicit(&h->anon_readers, 1, memory_order_seq_cst);
-        return MV_SLOT_NONE;
-    }
-    uint64_t e = atomic_load_explicit(&h->epoch, memory_order_relaxed);
-    if (h->plat->barrier_all) {
-        /*
-         * A plain store; the reclaimer's barrier_all orders it before our table reads as
-         * far as the reclaimer can tell. The compiler must not move the walk above it.
-         */
-        atomic_store_explicit(&h->slot_epoch[s].e, e, memory_order_relaxed);
-        __asm__ __volatile__("" ::: "memory");
-    } else {
-        atomic_exchange_explicit(&h->slot_epoch[s].e, e, memory_order_seq_cst);
-    }
-    return s;
-}
-
-void mv__epoch_exit(mv_host_t *h, uint32_t slot)
-{
-    if (slot == MV_SLOT_NONE)
-        atomic_fetch_sub_explicit(&h->anon_readers, 1, memory_order_release);
-    else
-        atomic_store_explicit(&h->slot_epoch[slot].e, 0, memory_order_release);
-}
-
 int mv__epoch_init(mv_host_t *h)
 {
     mv_spin_init(&h->limbo_lock, MV_LOCK_RANK_LEAF);

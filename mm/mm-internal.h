@@ -459,9 +459,39 @@ void mv__flush(mv_host_t *h, const struct mv_flush_request *req);
 
 int mv__epoch_init(mv_host_t *h);
 void mv__epoch_fini(mv_host_t *h);
-/* A lock-free reader's section; returns the slot to pass to exit. */
-uint32_t mv__epoch_enter(mv_host_t *h);
-void mv__epoch_exit(mv_host_t *h, uint32_t slot);
+/*
+ * A lock-free reader's section; returns the slot to pass to exit. Inline: lookups are the
+ * engine's hottest path and the fewer instructions a walk takes, the more independent
+ * walks the CPU overlaps.
+ */
+static inline uint32_t mv__epoch_enter(mv_host_t *h)
+{
+    uint32_t s = h->plat->slot_id(h->plat);
+    if (MV_UNLIKELY(s >= h->max_slots)) {
+        atomic_fetch_add_explicit(&h->anon_readers, 1, memory_order_seq_cst);
+        return MV_SLOT_NONE;
+    }
+    uint64_t e = atomic_load_explicit(&h->epoch, memory_order_relaxed);
+    if (MV_LIKELY(h->plat->barrier_all != NULL)) {
+        /*
+         * A plain store; the reclaimer's barrier_all orders it before our table reads as
+         * far as the reclaimer can tell. The compiler must not move the walk above it.
+         */
+        atomic_store_explicit(&h->slot_epoch[s].e, e, memory_order_relaxed);
+        __asm__ __volatile__("" ::: "memory");
+    } else {
+        atomic_exchange_explicit(&h->slot_epoch[s].e, e, memory_order_seq_cst);
+    }
+    return s;
+}
+
+static inline void mv__epoch_exit(mv_host_t *h, uint32_t slot)
+{
+    if (MV_UNLIKELY(slot == MV_SLOT_NONE))
+        atomic_fetch_sub_explicit(&h->anon_readers, 1, memory_order_release);
+    else
+        atomic_store_explicit(&h->slot_epoch[slot].e, 0, memory_order_release);
+}
 /* An engine-internal frame unlinked from a lock-free structure: freed after readers leave. */
 void mv__epoch_retire(mv_host_t *h, mv_mfn_t mfn);
 /* Free what no reader can hold any more (all: everything; quiesced host only). No lock held. */

@@ -169,7 +169,22 @@ struct p2m_walk {
     unsigned level;
     mv_ept_t e;
 };
-void mv__p2m_walk(const mv_host_t *h, const struct mv_p2m *p, mv_gfn_t gfn, struct p2m_walk *w);
+static inline void mv__p2m_walk(const mv_host_t *h, const struct mv_p2m *p, mv_gfn_t gfn,
+                                struct p2m_walk *w)
+{
+    mv_ept_t *t = ept_va(h, p->root);
+    for (unsigned lv = P2M_LEVELS - 1;; lv--) {
+        mv_ept_t *slot = &t[(gfn >> (9 * lv)) & (EPT_ENTRIES - 1)];
+        mv_ept_t e = ept_read(slot);
+        if (!ept_is_table(e, lv)) {
+            w->slot = slot;
+            w->level = lv;
+            w->e = e;
+            return;
+        }
+        t = ept_va(h, ept_mfn(e));
+    }
+}
 
 /* Fill the topup cache (no lock held). MV_ENOMEM when a frame cannot be had. */
 int mv__p2m_topup(struct mv_p2m *p);

@@ -123,17 +123,17 @@ MV_API int mv_p2m_lookup(mv_domain_t *d, mv_gfn_t gfn, struct mv_p2m_entry *out)
     uint32_t slot = mv__epoch_enter(h);
     struct p2m_walk w;
     mv__p2m_walk(h, p, gfn, &w);
-    mv__epoch_exit(h, slot);
     mv_ept_t e = w.e;
-    if (!e || w.level > 2) {
+    unsigned lv = w.level;
+    mv__epoch_exit(h, slot);
+    if (!e || lv > 2) {
         *out = (struct mv_p2m_entry){.mfn = MV_INVALID_MFN, .type = MV_P2M_INVALID};
         return 0;
     }
-    uint64_t within = gfn & ((1ull << (9 * w.level)) - 1);
-    out->mfn = ept_mfn(e) + within;
+    out->mfn = ept_mfn(e) + (gfn & ((1ull << (9 * lv)) - 1));
     out->type = ept_type(e);
     out->access = (unsigned)(e & EPT_RWX);
-    out->order = 9 * w.level;
+    out->order = 9 * lv;
     out->mtype = (unsigned)((e & EPT_MT_MASK) >> EPT_MT_SHIFT);
     out->special = (e & EPT_SPECIAL) != 0;
     return 0;

@@ -137,10 +137,14 @@ static inline uint64_t xorshift(uint64_t *s)
     return *s = x;
 }
 
-/* The next gfn of a chase, from the frame the last lookup found. */
-static inline mv_gfn_t chase_next(mv_mfn_t mfn, uint64_t gfns)
+/*
+ * The next gfn of a chase: from the frame the last lookup found (so each lookup waits for
+ * the one before), mixed with the step number so that the walk never settles into a short
+ * cycle that would stay in the cache.
+ */
+static inline mv_gfn_t chase_next(mv_mfn_t mfn, uint64_t step, uint64_t gfns)
 {
-    return ((mfn * 0x9e3779b97f4a7c15ull) >> 17) % gfns;
+    return (((mfn ^ step) * 0x9e3779b97f4a7c15ull) >> 17) % gfns;
 }
 
 /* ---- Lookups ----------------------------------------------------------------------------- */
@@ -155,7 +159,7 @@ static void run_lookup(mvb_state_t *st, void *user)
     mv_domain_t *d = b->use_2m ? fx.d2m : fx.d4k;
     const uint64_t gfns = fx.gfns;
     const mv_mfn_t *flat = fx.flat;
-    uint64_t seed = 0x2545f4914f6cdd1dull, n, sum = 0;
+    uint64_t seed = 0x2545f4914f6cdd1dull, n, sum = 0, step = 0;
     mv_gfn_t g = 1;
     while (mvb_keep_running_batch(st, &n)) {
         for (uint64_t i = 0; i < n; i++) {
@@ -173,7 +177,7 @@ static void run_lookup(mvb_state_t *st, void *user)
             }
             sum += m;
             if (b->chase)
-                g = chase_next(m, gfns);
+                g = chase_next(m, ++step, gfns);
         }
     }
     if (sum == 1)
