@@ -386,22 +386,81 @@ static uint64_t pvm_value(struct pvm *m, unsigned dom, mv_mfn_t tbl)
     return pte(t, fl);
 }
 
+/* Apply one update to model and engine; the results must agree. */
+static void pvm_pair_update(struct pvm *m, unsigned dom, uint64_t ptr, uint64_t val)
+{
+    struct pvm_state *c = malloc(sizeof(*c));
+    assert_non_null(c);
+    memcpy(c, &m->s, sizeof(*c));
+    int want = pvm_update(m, c, dom, ptr, val);
+    int got = pvm_engine_update(m, m->v[dom], ptr, val);
+    if (want != got)
+        fail_msg("build: model %s, engine %s", mv_strerror_name(want), mv_strerror_name(got));
+    if (!want)
+        memcpy(&m->s, c, sizeof(*c));
+    free(c);
+}
+
+/*
+ * Build a plausible table: a frame with no type gets entries to tables one level down that
+ * are validated already, or to frames with no type (validated on the way), or data frames
+ * for an L1; then it is pinned (by the caller's next step) or hooked in.
+ */
+static struct pvm_frame *pvm_build(struct pvm *m, unsigned dom, unsigned level)
+{
+    struct th_rng *r = &m->rng;
+    struct pvm_frame *f = &m->s.f[dom * PVM_FRAMES + th_rand_below(r, PVM_FRAMES)];
+    if (f->tcount)
+        return NULL;
+    for (unsigned k = 0; k < PVM_SLOTS; k++) {
+        if (th_rand_below(r, 3) == 0) {
+            pvm_pair_update(m, dom, pvh_ptr(f->mfn, k), 0);
+            continue;
+        }
+        struct pvm_frame *t = NULL;
+        for (unsigned tries = 0; tries < 8 && !t; tries++) {
+            struct pvm_frame *c = &m->s.f[dom * PVM_FRAMES + th_rand_below(r, PVM_FRAMES)];
+            if (c == f)
+                continue;
+            if (level == 1 ? (!c->tcount || c->type == MV_PGT_WRITABLE)
+                           : (!c->tcount || (c->type == level - 1 && c->validated)))
+                t = c;
+        }
+        if (!t)
+            continue;
+        uint64_t fl = level == 1 ? (PTE_P | PTE_US | (th_rand_below(r, 2) ? PTE_RW : 0))
+                                 : PTE_TABLE;
+        pvm_pair_update(m, dom, pvh_ptr(f->mfn, k), pte(t->mfn, fl));
+    }
+    pvm_compare(m);
+    return f;
+}
+
 static void pvm_step(struct pvm *m)
 {
     struct th_rng *r = &m->rng;
     unsigned dom = (unsigned)th_rand_below(r, PVM_DOMS);
     mv_vcpu_t *v = m->v[dom];
     struct pvm_frame *f = &m->s.f[dom * PVM_FRAMES + th_rand_below(r, PVM_FRAMES)];
+    uint64_t p = th_rand_below(r, 100);
+    int want, got;
+    unsigned level = 1 + (unsigned)th_rand_below(r, 4);
+    struct pvm_frame *built = NULL;
+    if (p >= 88) {
+        /* Build a table of some level and pin it. */
+        built = pvm_build(m, dom, level);
+        if (built)
+            f = built;
+        p = 50;
+    }
     struct pvm_state *c = malloc(sizeof(*c));
     assert_non_null(c);
     memcpy(c, &m->s, sizeof(*c));
-    uint64_t p = th_rand_below(r, 100);
-    int want, got;
     if (th_rand_below(r, 10) == 0)
         assert_int_equal(mv_pv_set_budget(m->d[dom], 1 + (uint32_t)th_rand_below(r, 600)), 0);
     else
         assert_int_equal(mv_pv_set_budget(m->d[dom], 0), 0);
-    if (p < 55) {
+    if (p < 50) {
         uint64_t ptr = pvh_ptr(f->mfn, (unsigned)th_rand_below(r, PVM_SLOTS));
         uint64_t q = th_rand_below(r, 200);
         if (q == 0)
@@ -413,11 +472,10 @@ static void pvm_step(struct pvm *m)
         uint64_t val = pvm_value(m, dom, f->mfn);
         want = pvm_update(m, c, dom, ptr, val);
         got = pvm_engine_update(m, v, ptr, val);
-    } else if (p < 75) {
-        unsigned level = 1 + (unsigned)th_rand_below(r, 4);
+    } else if (p < 68) {
         want = pvm_pin(m, c, dom, f->mfn, level);
         got = pvm_engine_op(m, v, MV_PV_PIN_L1_TABLE + level - 1, f->mfn);
-    } else if (p < 90) {
+    } else if (p < 80) {
         want = pvm_unpin(m, c, dom, f->mfn);
         got = pvm_engine_op(m, v, MV_PV_UNPIN_TABLE, f->mfn);
     } else {
