@@ -409,6 +409,44 @@ static void test_not_pv(void **state)
     pvh_destroy(hv);
 }
 
+/*
+ * A frame the domain gives up while PV still maps it stays until the last PV reference
+ * goes; that last put frees it through the heap, after the PV lock is released (debug
+ * builds check that no lock is held when the heap decommits).
+ */
+static void test_last_reference_freed_after_unlock(void **state)
+{
+    (void)state;
+    struct mv_domain_stats ds = {.size = sizeof(ds)};
+    mv_mfn_t l1 = pvh_frame(d), x = pvh_frame(d), t = pvh_frame(d);
+    assert_int_equal(pvh_op(v, MV_PV_PIN_L1_TABLE, l1), 0);
+    assert_int_equal(pvh_upd(v, pvh_ptr(l1, 0), pte(x, PTE_P | PTE_RW)), 0);
+    assert_int_equal(mv_domain_free_frames(d, x, 0), 0);
+    assert_int_equal(pvh_info(h, x).owner, 1);
+    assert_int_equal(pvh_info(h, x).refs, 1);
+    th_assert_audit_clean(h);
+    assert_int_equal(mv_domain_stats(d, &ds), 0);
+    uint64_t pages = ds.pages;
+    assert_int_equal(pvh_upd(v, pvh_ptr(l1, 0), 0), 0);
+    assert_int_equal(pvh_info(h, x).owner, UINT32_MAX);
+    assert_int_equal(mv_domain_stats(d, &ds), 0);
+    assert_int_equal(ds.pages, pages - 1);
+    /* A pinned table whose frame was given up goes when it is unpinned. */
+    pvh_tab(h, t)[3] = pte(l1, PTE_P); /* read-only map of the L1 */
+    assert_int_equal(pvh_op(v, MV_PV_PIN_L1_TABLE, t), 0);
+    assert_int_equal(mv_domain_free_frames(d, t, 0), 0);
+    assert_int_equal(mv_domain_free_frames(d, l1, 0), 0);
+    th_assert_audit_clean(h);
+    assert_int_equal(pvh_op(v, MV_PV_UNPIN_TABLE, l1), 0);
+    assert_int_equal(pvh_info(h, l1).owner, 1); /* still mapped by t */
+    assert_int_equal(pvh_op(v, MV_PV_UNPIN_TABLE, t), 0);
+    assert_int_equal(pvh_info(h, t).owner, UINT32_MAX);
+    assert_int_equal(pvh_info(h, l1).owner, UINT32_MAX);
+    assert_int_equal(mv_domain_stats(d, &ds), 0);
+    assert_int_equal(ds.pages, pages - 3);
+    th_assert_audit_clean(h);
+}
+
 /* The audit sees what a broken engine (or a write behind its back) would leave. */
 static void test_audit_catches(void **state)
 {
@@ -560,6 +598,7 @@ int main(void)
         cmocka_unit_test(test_destroy_with_pinned_trees),
         cmocka_unit_test(test_balloon_out_pinned_table_refused),
         cmocka_unit_test(test_not_pv),
+        cmocka_unit_test(test_last_reference_freed_after_unlock),
         cmocka_unit_test(test_audit_catches),
         cmocka_unit_test(test_threads),
     };
