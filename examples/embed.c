@@ -422,6 +422,19 @@ static bool run_domain(mv_host_t *h)
     /* An in-flight hold, e.g. the emulator reading the frame, keeps it past destroy. */
     good = good && ok(mv_page_get(d, big), "mv_page_get");
 
+    /* Guest memory through the p2m: a 2 MiB extent at gfn 0, looked up, 4 KiB ballooned out. */
+    mv_gfn_t extent = 0, piece = 5;
+    uint64_t done = 0;
+    good = good && ok(mv_populate_physmap(d, &extent, 1, 9, MV_NODE_ANY, &done),
+                      "mv_populate_physmap");
+    struct mv_p2m_entry pe;
+    good = good && ok(mv_p2m_lookup(d, 5, &pe), "mv_p2m_lookup");
+    if (good)
+        printf("gfn 5 -> mfn %#" PRIx64 " (%s leaf, EPT root at %#" PRIx64 ")\n", pe.mfn,
+               pe.order == 9 ? "2 MiB" : "4 KiB", mv_p2m_root(d));
+    good = good && ok(mv_decrease_reservation(d, &piece, 1, 0, &done), "mv_decrease_reservation");
+    good = good && ok(mv_p2m_lookup(d, 5, &pe), "mv_p2m_lookup") && pe.type == MV_P2M_INVALID;
+
     struct mv_domain_stats ds = {.size = sizeof(ds)};
     good = good && ok(mv_domain_stats(d, &ds), "mv_domain_stats");
     printf("domain %u: %" PRIu64 " pages (max %" PRIu64 ") on node %d, %u vCPUs\n",
