@@ -127,8 +127,9 @@ static void update_cont(struct pv_ctx *c, const struct mv_pv_mmu_update *r, mv_m
     struct mv_frame *tf = mv__frame(c->h, r->ptr >> MV_PAGE_SHIFT);
     if (!tf || !(r->val & MV_PTE_P))
         return;
-    unsigned type = mv__pgt_type(pv_type_word(tf));
-    if (type >= MV_PGT_L2 && type <= MV_PGT_L4) {
+    uint64_t x = pv_type_word(tf);
+    unsigned type = mv__pgt_type(x);
+    if ((x & MV_PGT_VALIDATED) && type >= MV_PGT_L2 && type <= MV_PGT_L4) {
         *m = pv_pte_mfn(r->val);
         *level = type - 1;
     }
@@ -159,6 +160,11 @@ MV_API int mv_pv_mmu_update(mv_vcpu_t *v, const struct mv_pv_mmu_update *reqs, u
             break;
         if (c.budget)
             c.budget--;
+        /* An open validation the first item did not continue is rolled back now. */
+        if (c.pv->pend == PV_PEND_VALIDATE && pv__settle(&c, MV_INVALID_MFN, 0)) {
+            rc = PV_DONE_DEFERRED;
+            break;
+        }
     }
     rc = finish(&c, rc, i, done);
     unlock_and_drain(&c);
@@ -320,6 +326,11 @@ MV_API int mv_pv_mmuext_op(mv_vcpu_t *v, const struct mv_pv_mmuext_op *ops, uint
             break;
         if (c.budget)
             c.budget--;
+        /* An open validation the first item did not continue is rolled back now. */
+        if (c.pv->pend == PV_PEND_VALIDATE && pv__settle(&c, MV_INVALID_MFN, 0)) {
+            rc = PV_DONE_DEFERRED;
+            break;
+        }
     }
     rc = finish(&c, rc, i, done);
     unlock_and_drain(&c);

@@ -465,9 +465,9 @@ int pv__get_root(struct pv_ctx *c, mv_mfn_t mfn, unsigned level)
     int rc;
     if (!f)
         return refuse(c, MV_PV_REFUSE_OWNER, MV_ERANGE);
-    if (c->pv->pend == PV_PEND_VALIDATE && c->pv->pend_mfn == mfn) {
+    if (c->pv->pend == PV_PEND_VALIDATE && c->pv->pend_mfn == mfn &&
+        mv__pgt_type(pv_type_word(f)) == level) {
         /* The continuation of this vCPU's validation: its reference becomes ours. */
-        MV_ASSERT(mv__pgt_type(pv_type_word(f)) == level);
         c->pv->pend = PV_PEND_NONE;
         return validate_root(c, mfn);
     }
@@ -538,7 +538,7 @@ int pv__mod_entry(struct pv_ctx *c, mv_mfn_t tbl, uint64_t *tab, unsigned level,
     }
     mv_mfn_t t = pv_pte_mfn(val), child = MV_INVALID_MFN;
     if (level >= 2 && (val & MV_PTE_P) && t != tbl && c->pv->pend == PV_PEND_VALIDATE &&
-        c->pv->pend_mfn == t) {
+        c->pv->pend_mfn == t && mv__pgt_type(pv_type_word(mv__frame(c->h, t))) == level - 1) {
         rc = pv__get_root(c, t, level - 1);
     } else {
         rc = take_entry(c, tbl, level, val, &child);

@@ -453,6 +453,38 @@ static void test_update_into_partial_table(void **state)
     assert_int_equal(pvh_stats(A).partial, 0);
 }
 
+/*
+ * An open validation must only be continued by the same frame at the same level: a batch
+ * that names the frame at another level (after an unrelated first item) rolls it back
+ * instead, whatever the order.
+ */
+static void test_continuation_confusion(void **state)
+{
+    (void)state;
+    mv_mfn_t l1s[4];
+    mv_mfn_t t3 = poisoned_tree(4, 0, l1s);
+    mv_mfn_t f4 = sA[7];
+    assert_int_equal(OP(va, MV_PV_PIN_L4_TABLE, f4), 0);
+    assert_int_equal(OP(va, MV_PV_UNPIN_TABLE, f4), 0); /* type word: L4, count 0 */
+    assert_int_equal(mv_pv_set_budget(A, 600), 0);
+    assert_int_equal(OP(va, MV_PV_PIN_L3_TABLE, t3), MV_EAGAIN);
+    struct mv_pv_mmu_update r[2] = {
+        {pvh_ptr(f4, 0), pte(t3, PTE_TABLE)}, /* a plain write naming t3 */
+        {pvh_ptr(l2, 9), pte(t3, PTE_TABLE)}, /* t3 as an L1 */
+    };
+    uint32_t done = 0, off = 0;
+    int rc;
+    while ((rc = mv_pv_mmu_update(va, r + off, 2 - off, &done)) == MV_EAGAIN)
+        off += done;
+    assert_true(rc == 0 || rc == MV_EBUSY);
+    pvh_settle(va);
+    assert_int_equal(mv_pv_set_budget(A, 0), 0);
+    assert_int_equal(pvh_stats(A).partial, 0);
+    th_assert_audit_clean(h);
+    assert_int_equal(UPD(va, pvh_ptr(l2, 9), 0), 0);
+    th_assert_audit_clean(h);
+}
+
 /* ---- Operations ----------------------------------------------------------------------- */
 
 static void test_bad_ops(void **state)
@@ -574,6 +606,7 @@ int main(void)
         T(test_validation_fails_after_preemptions),
         T(test_pin_bounded),
         T(test_update_into_partial_table),
+        T(test_continuation_confusion),
         T(test_bad_ops),
         T(test_batch_stops_at_refusal),
         T(test_count_overflow),
