@@ -78,7 +78,7 @@ static int teardown_pins(struct pv_ctx *c)
         if (pd->td_cursor < n->first_mfn)
             pd->td_cursor = n->first_mfn;
         while (pd->td_cursor < end) {
-            if (!c->budget)
+            if (!c->budget || pd->nr_deferred + PV_DEFER_RESERVE > PV_DEFER_MAX)
                 return PV_YIELD;
             c->budget--;
             mv_mfn_t m = pd->td_cursor;
@@ -108,6 +108,10 @@ static int pv_domain_teardown(mv_domain_t *d)
     mv_spin_lock(&pd->lock);
     int rc = 0;
     while (pd->td_phase == TD_VCPUS && pd->td_vcpu < d->nr_vcpus) {
+        if (pd->nr_deferred + PV_DEFER_RESERVE > PV_DEFER_MAX) {
+            rc = PV_YIELD;
+            goto out;
+        }
         c.v = d->vcpu[pd->td_vcpu];
         c.pv = c.v->mod[MV_MOD_PV];
         if ((rc = pv__settle(&c, MV_INVALID_MFN, 0)) || (rc = drop_base(&c, false)) ||

@@ -447,6 +447,35 @@ static void test_last_reference_freed_after_unlock(void **state)
     th_assert_audit_clean(h);
 }
 
+/* Teardown releasing more last references than one batch of deferred puts holds. */
+static void test_destroy_many_last_references(void **state)
+{
+    (void)state;
+    assert_int_equal(mv_host_drain(h), 0);
+    struct mv_host_stats hs0 = {.size = sizeof(hs0)};
+    assert_int_equal(mv_host_stats(h, &hs0), 0);
+    mv_domain_t *e = pvh_domain(h, 8, 1024, 0, 1);
+    mv_vcpu_t *ev = mv_domain_vcpu(e, 0);
+    assert_int_equal(mv_pv_set_budget(e, UINT32_MAX), 0);
+    for (unsigned i = 0; i < 600; i++) {
+        mv_mfn_t f = pvh_frame(e);
+        assert_int_equal(pvh_op(ev, MV_PV_PIN_L1_TABLE, f), 0);
+        assert_int_equal(mv_domain_free_frames(e, f, 0), 0); /* only the pin holds it now */
+    }
+    th_assert_audit_clean(h);
+    unsigned calls = 0;
+    int rc;
+    while ((rc = mv_domain_destroy(e)) == MV_EAGAIN)
+        calls++;
+    assert_int_equal(rc, 0);
+    assert_true(calls >= 2);
+    assert_int_equal(mv_host_drain(h), 0);
+    struct mv_host_stats hs1 = {.size = sizeof(hs1)};
+    assert_int_equal(mv_host_stats(h, &hs1), 0);
+    assert_int_equal(hs1.free_frames, hs0.free_frames);
+    th_assert_audit_clean(h);
+}
+
 /* The audit sees what a broken engine (or a write behind its back) would leave. */
 static void test_audit_catches(void **state)
 {
@@ -599,6 +628,7 @@ int main(void)
         cmocka_unit_test(test_balloon_out_pinned_table_refused),
         cmocka_unit_test(test_not_pv),
         cmocka_unit_test(test_last_reference_freed_after_unlock),
+        cmocka_unit_test(test_destroy_many_last_references),
         cmocka_unit_test(test_audit_catches),
         cmocka_unit_test(test_threads),
     };
