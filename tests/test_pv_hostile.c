@@ -565,6 +565,73 @@ static void test_dying_domain(void **state)
     pvh_destroy(e);
 }
 
+/*
+ * Garbage: random batches of updates and operations with wild addresses, values, commands
+ * and budgets, from both vCPUs, preempted calls sometimes continued and sometimes dropped.
+ * Nothing may crash; every answer is 0, MV_EAGAIN or a refusal; the audit stays clean;
+ * destroying the domain returns every frame.
+ */
+static uint64_t wild_mfn(struct th_rng *r)
+{
+    switch (th_rand_below(r, 8)) {
+    case 0:
+        return th_rand(r) >> 12;
+    case 1:
+        return dB;
+    case 2:
+        return l4 + th_rand_below(r, 4);
+    case 3:
+        return l4b;
+    default:
+        return sA[th_rand_below(r, 8)] + th_rand_below(r, 3);
+    }
+}
+
+static void test_random_garbage(void **state)
+{
+    (void)state;
+    struct th_rng r = {0x6a7ba6e};
+    static const int allowed[] = {0, MV_EAGAIN, MV_EINVAL, MV_EPERM, MV_EXDEV, MV_ERANGE,
+                                  MV_EBUSY, MV_EACCES, MV_EFAULT, MV_EOPNOTSUPP, MV_EALREADY,
+                                  MV_ENOSPC};
+    for (unsigned it = 0; it < 6000; it++) {
+        mv_vcpu_t *v = th_rand_below(&r, 2) ? va : va1;
+        if (th_rand_below(&r, 16) == 0)
+            assert_int_equal(mv_pv_set_budget(A, (uint32_t)th_rand_below(&r, 2000)), 0);
+        uint32_t n = 1 + (uint32_t)th_rand_below(&r, 8), done = 0;
+        int rc;
+        if (th_rand_below(&r, 2)) {
+            struct mv_pv_mmu_update q[8];
+            for (uint32_t i = 0; i < n; i++) {
+                uint64_t flags = th_rand(&r) & (th_rand_below(&r, 4) ? 0x1e7ull : ~0ull);
+                q[i].ptr = (wild_mfn(&r) << 12) | (th_rand_below(&r, 16) << 3) |
+                           (th_rand_below(&r, 20) == 0 ? th_rand_below(&r, 8) : 0);
+                q[i].val = th_rand_below(&r, 6) == 0 ? th_rand(&r)
+                                                      : pte(wild_mfn(&r), flags) & ~(0x7ffull << 52);
+            }
+            rc = mv_pv_mmu_update(v, q, n, &done);
+        } else {
+            static const uint32_t cmds[] = {0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 15, 9, 99};
+            struct mv_pv_mmuext_op o[8];
+            for (uint32_t i = 0; i < n; i++)
+                o[i] = (struct mv_pv_mmuext_op){
+                    .cmd = cmds[th_rand_below(&r, MV_ARRAY_SIZE(cmds))],
+                    .arg = th_rand_below(&r, 10) == 0 ? th_rand(&r) : wild_mfn(&r)};
+            rc = mv_pv_mmuext_op(v, o, n, &done);
+        }
+        bool ok = false;
+        for (unsigned k = 0; k < MV_ARRAY_SIZE(allowed); k++)
+            ok |= rc == allowed[k];
+        if (!ok)
+            fail_msg("unexpected answer %s", mv_strerror_name(rc));
+        assert_true(done <= n);
+        if (it % 1000 == 999)
+            th_assert_audit_clean(h);
+    }
+    assert_int_equal(mv_pv_set_budget(A, 0), 0);
+    th_assert_audit_clean(h);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -611,6 +678,7 @@ int main(void)
         T(test_batch_stops_at_refusal),
         T(test_count_overflow),
         T(test_dying_domain),
+        T(test_random_garbage),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
