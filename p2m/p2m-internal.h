@@ -124,6 +124,16 @@ struct mv_p2m {
     mv_mfn_t pool_next;
     uint64_t pool_left;
 
+    /*
+     * Log-dirty (logdirty.c), under the lock: a directory of bitmap chunks, each a 4 KiB
+     * engine frame holding the dirty bits of LD_CHUNK_GFNS gfns, allocated before the lock
+     * for the ranges that hold RAM. Bits are set and cleared with the lock held.
+     */
+    bool logdirty;
+    mv_mfn_t *ld_dir;
+    uint64_t ld_chunks;
+    uint64_t ld_rounds, ld_round_dirty, ld_last_dirty, ld_retyped, ld_splits, write_faults;
+
     /* Statistics (under lock). */
     uint64_t leaves[3];
     uint64_t pages_by_type[MV_P2M_NR_TYPES];
@@ -216,8 +226,31 @@ void mv__p2m_flush_gphys(struct mv_p2m *p);
  * was mapped. */
 bool mv__p2m_unlink_range(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n);
 
+/* Take the p2m lock with the log-dirty bitmap ready for [gfn, gfn + n) (p2m.c). */
+int mv__p2m_lock_ready(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n);
+
 /* Free every table of the tree (teardown; no lock held). */
 void mv__p2m_free_tables(struct mv_p2m *p);
+
+/* ---- logdirty.c ------------------------------------------------------------------------ */
+
+#define LD_CHUNK_GFNS (MV_PAGE_SIZE * 8u)
+
+/* Bitmap chunks for [gfn, gfn + n) exist if logging (no lock held; may allocate). */
+int mv__p2m_ld_prepare(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n);
+/* While logging: do the chunks for [gfn, gfn + n) exist? (lock held) */
+bool mv__p2m_ld_ready(const struct mv_p2m *p, mv_gfn_t gfn, uint64_t n);
+/* Mark [gfn, gfn + n) dirty if logging (lock held, chunks ready). */
+void mv__p2m_mark_dirty(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n);
+/*
+ * The engine (or a module: shadow A/D updates, emulated page-table writes, unshare copies)
+ * wrote guest memory at [gfn, gfn + n): mark it while logging. No lock held on entry.
+ */
+int mv__p2m_engine_wrote(mv_domain_t *d, mv_gfn_t gfn, uint64_t n);
+/* Is gfn's dirty bit set? (lock held or quiesced) */
+bool mv__p2m_is_dirty(const struct mv_p2m *p, mv_gfn_t gfn);
+/* Free the bitmap (teardown; no lock held). */
+void mv__p2m_ld_free(struct mv_p2m *p);
 
 extern const struct mv_module_ops mv__p2m_module;
 

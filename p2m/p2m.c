@@ -84,6 +84,7 @@ static int p2m_domain_teardown(mv_domain_t *d)
     }
     mv__p2m_topup_drain(p);
     mv__p2m_free_tables(p);
+    mv__p2m_ld_free(p);
     return 0;
 }
 
@@ -94,6 +95,7 @@ static void p2m_domain_free(mv_domain_t *d)
         return;
     mv__p2m_topup_drain(p);
     mv__p2m_free_tables(p);
+    mv__p2m_ld_free(p);
     mv__meta_free(d->h, p, sizeof(*p));
     d->mod[MV_MOD_P2M] = NULL;
 }
@@ -221,6 +223,24 @@ bool mv__p2m_unlink_range(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n)
     return any;
 }
 
+/*
+ * Take the p2m lock with the log-dirty bitmap ready for [gfn, gfn + n): chunks are
+ * allocated without the lock, so a few rounds may be needed when logging starts meanwhile.
+ */
+int mv__p2m_lock_ready(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n)
+{
+    for (int attempt = 0; attempt < 4; attempt++) {
+        int rc = mv__p2m_ld_prepare(p, gfn, n);
+        if (rc)
+            return rc;
+        mv_spin_lock(&p->lock);
+        if (mv__p2m_ld_ready(p, gfn, n))
+            return 0;
+        mv_spin_unlock(&p->lock);
+    }
+    return MV_EBUSY;
+}
+
 /* The commit of set_entry and friends: lock held, topup full, checks done. */
 static void commit_leaf(struct mv_p2m *p, mv_gfn_t gfn, unsigned level, mv_ept_t e)
 {
@@ -280,13 +300,18 @@ MV_API int mv_p2m_set_entry(mv_domain_t *d, mv_gfn_t gfn, mv_mfn_t mfn, unsigned
         return MV_EPERM;
     if ((rc = mv__p2m_topup(p)))
         return rc;
-
-    mv_spin_lock(&p->lock);
+    if ((rc = mv__p2m_lock_ready(p, gfn, n)))
+        return rc;
     if ((p2m_is_ram(type) && (rc = check_ram_frames(d, mfn, n, gfn))) ||
         (!rc && range_has_special(p, gfn, n) && (rc = MV_EBUSY))) {
         mv_spin_unlock(&p->lock);
         return rc;
     }
+    /* While logging, nothing becomes writable without a fault; new content is dirty. */
+    if (p->logdirty && type == MV_P2M_RAM_RW)
+        type = MV_P2M_RAM_LOGDIRTY;
+    if (p2m_is_ram(type))
+        mv__p2m_mark_dirty(p, gfn, n);
     commit_leaf(p, gfn, level,
                 ept_leaf(mfn, level, type, access, MV_P2M_MT_UC, false));
     mv_spin_unlock(&p->lock);
@@ -450,6 +475,9 @@ MV_API int mv_p2m_change_type_range(mv_domain_t *d, mv_gfn_t first, uint64_t cou
         return MV_ERANGE;
     if (mv__domain_dying(d))
         return MV_ESRCH;
+    /* While logging, nothing becomes writable without a fault (I14). */
+    if (to == MV_P2M_RAM_RW && p->logdirty)
+        to = MV_P2M_RAM_LOGDIRTY;
     if (!count || from == to)
         return 0;
     return mv__p2m_retype_range(d, first, count, from, to, done, NULL);
@@ -519,6 +547,12 @@ MV_API int mv_p2m_stats(const mv_domain_t *d, struct mv_p2m_stats *st)
     st->splinters = p->splinters;
     st->populated = p->populated;
     st->decreased = p->decreased;
+    st->logdirty = p->logdirty;
+    st->logdirty_rounds = p->ld_rounds;
+    st->logdirty_last_round_dirty = p->ld_last_dirty;
+    st->logdirty_retyped = p->ld_retyped;
+    st->logdirty_splits = p->ld_splits;
+    st->write_faults = p->write_faults;
     uint64_t ram = 0;
     for (unsigned t = 0; t < MV_P2M_NR_TYPES; t++)
         if (p2m_is_ram(t))

@@ -4,7 +4,8 @@
  * I9: every RAM leaf maps frames the domain owns (or shared ones), holding their allocation
  * reference, whose m2p back-pointer names exactly that gfn; and every domain frame whose
  * back-pointer names a gfn is mapped there (so a private frame sits at one gfn only).
- * I10: special marks only on RAM 4 KiB entries. Also: leaf counts per order and type and
+ * I10: special marks only on RAM 4 KiB entries. I14: while logging, every ram_rw entry's
+ * pages have their dirty bits set. Also: leaf counts per order and type and
  * the table-frame count agree with a walk; table frames are engine-internal.
  */
 #include "p2m-internal.h"
@@ -21,6 +22,7 @@ struct p2m_tally {
 static void audit_tree(mv_host_t *h, struct mv_audit_ctx *ac, const mv_domain_t *d,
                        mv_mfn_t table, unsigned lv, mv_gfn_t base, struct p2m_tally *t)
 {
+    const struct mv_p2m *p = p2m_of(d);
     struct mv_frame *tf = mv__frame(h, table);
     if (!tf || mv__frame_owner(tf) != MV_OWNER_INTERNAL) {
         BAD(ac, "I1", "p2m-table-not-internal", table, d->domid, MV_OWNER_INTERNAL,
@@ -54,6 +56,13 @@ static void audit_tree(mv_host_t *h, struct mv_audit_ctx *ac, const mv_domain_t 
                 p2m_type_rights(type), x & EPT_RWX);
         if (!p2m_is_ram(type))
             continue;
+        /* I14: while logging, whatever the guest may write is marked dirty. */
+        if (type == MV_P2M_RAM_RW && p->logdirty)
+            for (uint64_t j = 0; j < span; j++)
+                if (!mv__p2m_is_dirty(p, gfn + j)) {
+                    BAD(ac, "I14", "writable-but-clean", ept_mfn(x) + j, d->domid, 1, 0);
+                    break;
+                }
         for (uint64_t j = 0; j < span; j++) {
             mv_mfn_t m = ept_mfn(x) + j;
             struct mv_frame *f = mv__frame(h, m);

@@ -51,14 +51,15 @@ static unsigned extent_level(unsigned order)
 }
 
 /* Write an extent's leaves (lock held, topup full): RAM at mfn.., or nothing (mfn invalid). */
-static void write_extent(struct mv_p2m *p, mv_gfn_t gfn, unsigned order, mv_mfn_t mfn)
+static void write_extent(struct mv_p2m *p, mv_gfn_t gfn, unsigned order, mv_mfn_t mfn,
+                         unsigned type)
 {
     unsigned level = extent_level(order);
     uint64_t leaf = 1ull << (9 * level), n = 1ull << order;
     for (uint64_t off = 0; off < n; off += leaf) {
         mv_ept_t old, e = mfn == MV_INVALID_MFN
                               ? 0
-                              : ept_leaf(mfn + off, level, MV_P2M_RAM_RW, MV_P2M_RWX,
+                              : ept_leaf(mfn + off, level, type, MV_P2M_RWX,
                                          MV_P2M_MT_WB, false);
         mv__p2m_write_leaf(p, gfn + off, level, e, &old);
     }
@@ -101,7 +102,11 @@ MV_API int mv_populate_physmap(mv_domain_t *d, const mv_gfn_t *gfns, uint64_t co
         mv_mfn_t mfn;
         if ((rc = mv__domain_alloc(d, order, node, MV_ALLOC_ZERO, &mfn)))
             return rc; /* MV_ENOSPC at the domain's maximum, MV_ENOMEM, MV_ESRCH */
-        mv_spin_lock(&p->lock);
+        if ((rc = mv__p2m_lock_ready(p, gfn, n))) {
+            for (uint64_t j = 0; j < n; j++)
+                mv__drop_allocation(d->h, mv__frame(d->h, mfn + j));
+            return rc;
+        }
         if (!extent_empty(p, gfn, n) || mv__domain_dying(d)) {
             rc = mv__domain_dying(d) ? MV_ESRCH : MV_EEXIST;
             mv_spin_unlock(&p->lock);
@@ -110,7 +115,9 @@ MV_API int mv_populate_physmap(mv_domain_t *d, const mv_gfn_t *gfns, uint64_t co
             return rc;
         }
         mv__p2m_invalidate_start(p, gfn, n);
-        write_extent(p, gfn, order, mfn);
+        /* The engine wrote the frames (zeroes): while logging they are dirty. */
+        mv__p2m_mark_dirty(p, gfn, n);
+        write_extent(p, gfn, order, mfn, p->logdirty ? MV_P2M_RAM_LOGDIRTY : MV_P2M_RAM_RW);
         for (uint64_t j = 0; j < n; j++)
             atomic_store_explicit(&mv__frame(d->h, mfn + j)->link, gfn + j,
                                   memory_order_release);
@@ -212,7 +219,7 @@ MV_API int mv_decrease_reservation(mv_domain_t *d, const mv_gfn_t *gfns, uint64_
             }
         }
         mv__p2m_invalidate_start(p, gfn, n);
-        write_extent(p, gfn, order, MV_INVALID_MFN);
+        write_extent(p, gfn, order, MV_INVALID_MFN, MV_P2M_INVALID);
         mv__p2m_flush_gphys(p);
         mv__p2m_invalidate_end(p, gfn, n);
         p->decreased += n;

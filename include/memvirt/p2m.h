@@ -121,6 +121,59 @@ MV_API int mv_p2m_unregister_listener(mv_domain_t *d, const struct mv_p2m_listen
 MV_API uint64_t mv_p2m_seq(const mv_domain_t *d);
 MV_API uint32_t mv_p2m_in_progress(const mv_domain_t *d);
 
+/* ---- Faults on guest-physical accesses (a HAP walker, an EPT-violation handler) ------ */
+
+/* What the caller does after a p2m fault. */
+enum mv_p2m_outcome {
+    MV_P2M_RETRY = 0,       /* fixed (or already fine): run the access again */
+    MV_P2M_EMULATE_MMIO = 1, /* device memory: emulate the access */
+    MV_P2M_NO_MEMORY = 2,   /* nothing mapped: the guest touched a hole */
+    MV_P2M_DENIED = 3,      /* the entry forbids it (e.g. a write to ram_ro) */
+};
+
+/*
+ * A write hit a write-protected entry. ram_logdirty: the page is marked dirty, its entry
+ * (splintered to 4 KiB if it was a superpage) becomes ram_rw; 0. ram_rw: nothing to do
+ * (a stale translation); 0. ram_ro: MV_EACCES. ram_shared: MV_EOPNOTSUPP until the sharing
+ * module unshares. No RAM there: MV_ENOENT; mmio: MV_EPERM. MV_ERANGE beyond the width.
+ */
+MV_API int mv_p2m_write_fault(mv_domain_t *d, mv_gfn_t gfn);
+/* Any EPT violation: `access` is MV_P2M_R/W/X; *outcome says what to do next. */
+MV_API int mv_p2m_handle_violation(mv_domain_t *d, mv_gfn_t gfn, unsigned access,
+                                   unsigned *outcome);
+
+/* ---- Log-dirty (live migration) ------------------------------------------------------- */
+
+/*
+ * Enable: every RAM entry becomes ram_logdirty (one listener notification for the whole
+ * guest); writes fault, are marked and made writable again. MV_EALREADY when on.
+ * Disable: ram_logdirty back to ram_rw, the bitmap freed. MV_EALREADY when off.
+ * Enable and disable may race from two callers: they end in one consistent state.
+ */
+MV_API int mv_p2m_logdirty_enable(mv_domain_t *d);
+MV_API int mv_p2m_logdirty_disable(mv_domain_t *d);
+/*
+ * Harvest and re-protect: for each gfn of [first, first + count), bit (gfn - first) of
+ * `bitmap` says whether it was written since the last clean; those pages are
+ * write-protected again. Preemptible: MV_EAGAIN with *done gfns handled (their bits are
+ * written). *dirty counts the dirty pages found in this call. MV_EPERM when not logging,
+ * MV_ENOSPC when bitmap_bits < count, MV_ERANGE beyond the guest.
+ */
+MV_API int mv_p2m_logdirty_peek_and_clean(mv_domain_t *d, mv_gfn_t first, uint64_t count,
+                                          uint64_t *bitmap, uint64_t bitmap_bits,
+                                          uint64_t *done, uint64_t *dirty);
+
+/* ---- Guest-physical access for emulators and tools ------------------------------------ */
+
+/*
+ * Copy to or from guest-physical memory, across pages. Every page is checked first: an
+ * mmio page or a hole anywhere in the range is MV_EFAULT and nothing is copied; a write to
+ * ram_ro is MV_EACCES, to ram_shared MV_EOPNOTSUPP. Writes to log-dirty pages go through
+ * the write-fault path and mark them dirty. Each frame is held while it is copied.
+ */
+MV_API int mv_guest_phys_read(mv_domain_t *d, mv_paddr_t gpa, void *buf, size_t len);
+MV_API int mv_guest_phys_write(mv_domain_t *d, mv_paddr_t gpa, const void *buf, size_t len);
+
 struct mv_p2m_stats {
     size_t size;
     uint64_t pages_by_order[3];           /* leaves of order 0, 9, 18 */
@@ -130,6 +183,12 @@ struct mv_p2m_stats {
     uint64_t populated;                   /* frames populated (lifetime) */
     uint64_t decreased;                   /* frames given back (lifetime) */
     uint64_t bytes_per_gib;               /* table bytes per GiB of guest RAM mapped */
+    uint32_t logdirty;                    /* 1 while log-dirty is on */
+    uint64_t logdirty_rounds;             /* peek-and-clean passes that reached the end */
+    uint64_t logdirty_last_round_dirty;   /* dirty pages the last full pass found */
+    uint64_t logdirty_retyped;            /* entries re-typed by enable, clean and disable */
+    uint64_t logdirty_splits;             /* superpages split by log-dirty write faults */
+    uint64_t write_faults;                /* log-dirty write faults fixed */
 };
 MV_API int mv_p2m_stats(const mv_domain_t *d, struct mv_p2m_stats *st);
 
