@@ -10,6 +10,11 @@
  *   p2m/populate_1g             populate 1 GiB (2 MiB extents); item = 1 GiB
  *   p2m/decrease_1g             decrease 1 GiB of touched memory, decommit included; item = 1 GiB
  *   baseline/madvise_1g         madvise(MADV_DONTNEED) over 1 GiB of touched memory
+ *   p2m/logdirty_peek_clean_24g_sparse / _dense
+ *                               one full harvest-and-re-protect pass with 0.1% / 50% of the
+ *                               pages dirtied before it (the dirtying is not timed); item = pass
+ *   p2m/logdirty_enable_24g     turning log-dirty on (re-typing every entry); item = enable
+ *   p2m/write_fault_logdirty    one log-dirty write fault fixed; item = fault
  *
  * Populating does not touch guest frames, so the 24 GiB guests cost only their p2m tables
  * and frame descriptors here. The guests are built once (on first use) and kept for the
@@ -318,15 +323,158 @@ static void run_madvise(mvb_state_t *st, void *user)
     mvb_set_items_processed(st, mvb_iterations(st));
 }
 
+/* ---- Log-dirty ----------------------------------------------------------------------------- */
+
+/* Log-dirty runs on the 4 KiB guest and leaves it as it found it: logging off, ram_rw. */
+static int ld_setup(void *user, int threads)
+{
+    (void)user;
+    (void)threads;
+    int rc = fixture_get();
+    if (!rc)
+        rc = mv_p2m_logdirty_enable(fx.d4k);
+    return rc;
+}
+
+static void ld_teardown(void *user, int threads)
+{
+    (void)user;
+    (void)threads;
+    if (fx.d4k && mv_p2m_logdirty_disable(fx.d4k))
+        mvb_report_failure("p2m/logdirty", "disable failed");
+}
+
+/* One full pass over the guest; returns the dirty pages found. */
+static int ld_pass(uint64_t *bitmap, uint64_t *found)
+{
+    uint64_t off = 0, done, dirty;
+    int rc;
+    *found = 0;
+    while ((rc = mv_p2m_logdirty_peek_and_clean(fx.d4k, off, fx.gfns - off, bitmap + off / 64,
+                                                fx.gfns - off, &done, &dirty)) == MV_EAGAIN) {
+        off += done;
+        *found += dirty;
+    }
+    *found += dirty;
+    return rc;
+}
+
+struct ld_bench {
+    uint64_t per_mille; /* pages dirtied per thousand before each pass */
+};
+
+static void run_ld_pass(mvb_state_t *st, void *user)
+{
+    const struct ld_bench *b = user;
+    uint64_t *bitmap = calloc(fx.gfns / 64 + 1, sizeof(uint64_t));
+    uint64_t seed = 0x1234567ull, n, found = 0;
+    if (!bitmap || ld_pass(bitmap, &found)) {
+        mvb_skip_with_error(st, "first pass");
+        free(bitmap);
+        return;
+    }
+    uint64_t want = fx.gfns * b->per_mille / 1000;
+    while (mvb_keep_running_batch(st, &n)) {
+        for (uint64_t i = 0; i < n; i++) {
+            /* Dirty the pages (untimed): a stride walk from a random start, no repeats. */
+            mv_gfn_t g = xorshift(&seed) % fx.gfns;
+            uint64_t stride = fx.gfns / (want ? want : 1);
+            for (uint64_t k = 0; k < want; k++, g = (g + stride) % fx.gfns)
+                mv_p2m_write_fault(fx.d4k, g);
+            double t0 = now_s();
+            int rc = ld_pass(bitmap, &found);
+            mvb_add_manual_time(st, now_s() - t0);
+            if (rc || found < want * 9 / 10) {
+                mvb_skip_with_error(st, rc ? mv_strerror_name(rc) : "pages lost");
+                break;
+            }
+        }
+    }
+    free(bitmap);
+    if (!mvb_error_occurred(st)) {
+        mvb_set_items_processed(st, mvb_iterations(st));
+        mvb_counter(st, "dirty_pages", (double)found, 0);
+    }
+}
+
+static struct ld_bench ld_sparse = {.per_mille = 1}, ld_dense = {.per_mille = 500};
+
+static void run_ld_enable(mvb_state_t *st, void *user)
+{
+    (void)user;
+    uint64_t n;
+    if (mv_p2m_logdirty_disable(fx.d4k)) {
+        mvb_skip_with_error(st, "disable");
+        return;
+    }
+    while (mvb_keep_running_batch(st, &n)) {
+        for (uint64_t i = 0; i < n; i++) {
+            double t0 = now_s();
+            int rc = mv_p2m_logdirty_enable(fx.d4k);
+            mvb_add_manual_time(st, now_s() - t0);
+            if (!rc)
+                rc = mv_p2m_logdirty_disable(fx.d4k);
+            if (rc) {
+                mvb_skip_with_error(st, mv_strerror_name(rc));
+                break;
+            }
+        }
+    }
+    mv_p2m_logdirty_enable(fx.d4k); /* as ld_teardown expects */
+    if (!mvb_error_occurred(st))
+        mvb_set_items_processed(st, mvb_iterations(st));
+}
+
+static void run_ld_fault(mvb_state_t *st, void *user)
+{
+    (void)user;
+    uint64_t *bitmap = calloc(fx.gfns / 64 + 1, sizeof(uint64_t));
+    uint64_t n, found;
+    mv_gfn_t g = 0;
+    if (!bitmap || ld_pass(bitmap, &found)) {
+        mvb_skip_with_error(st, "first pass");
+        free(bitmap);
+        return;
+    }
+    while (mvb_keep_running_batch(st, &n)) {
+        double t0 = now_s();
+        for (uint64_t i = 0; i < n; i++) {
+            if (g == fx.gfns) {
+                /* Every page faulted once: protect them all again (untimed). */
+                double t1 = now_s();
+                ld_pass(bitmap, &found);
+                t0 += now_s() - t1;
+                g = 0;
+            }
+            int rc = mv_p2m_write_fault(fx.d4k, g++);
+            if (rc) {
+                mvb_skip_with_error(st, mv_strerror_name(rc));
+                break;
+            }
+        }
+        mvb_add_manual_time(st, now_s() - t0);
+    }
+    free(bitmap);
+    if (!mvb_error_occurred(st))
+        mvb_set_items_processed(st, mvb_iterations(st));
+}
+
 /* ---- Registration ------------------------------------------------------------------------ */
 
-static void reg(const char *name, mvb_run_fn run, void *user, mvb_setup_fn setup, unsigned flags)
+static void reg_td(const char *name, mvb_run_fn run, void *user, mvb_setup_fn setup,
+                   mvb_teardown_fn teardown, unsigned flags)
 {
     if (mvb_register(&(struct mvb_bench){.name = name, .run = run, .user = user,
-                                         .setup = setup, .threads = {1}, .flags = flags})) {
+                                         .setup = setup, .teardown = teardown,
+                                         .threads = {1}, .flags = flags})) {
         fprintf(stderr, "memvirt-bench: cannot register %s\n", name);
         exit(1);
     }
+}
+
+static void reg(const char *name, mvb_run_fn run, void *user, mvb_setup_fn setup, unsigned flags)
+{
+    reg_td(name, run, user, setup, NULL, flags);
 }
 
 void mvb_register_p2m(void)
@@ -340,6 +488,14 @@ void mvb_register_p2m(void)
     reg("p2m/populate_1g", run_io, &io_pop, fx_setup, MVB_MANUAL_TIME);
     reg("p2m/decrease_1g", run_io, &io_dec, fx_setup, MVB_MANUAL_TIME);
     reg("baseline/madvise_1g", run_madvise, NULL, NULL, MVB_MANUAL_TIME);
+    reg_td("p2m/logdirty_peek_clean_24g_sparse", run_ld_pass, &ld_sparse, ld_setup, ld_teardown,
+           MVB_MANUAL_TIME);
+    reg_td("p2m/logdirty_peek_clean_24g_dense", run_ld_pass, &ld_dense, ld_setup, ld_teardown,
+           MVB_MANUAL_TIME);
+    reg_td("p2m/logdirty_enable_24g", run_ld_enable, NULL, ld_setup, ld_teardown,
+           MVB_MANUAL_TIME);
+    reg_td("p2m/write_fault_logdirty", run_ld_fault, NULL, ld_setup, ld_teardown,
+           MVB_MANUAL_TIME);
     if (mvb_register_ratio("p2m/lookup_random_4k", "baseline/flat_lookup_random", 3.0) ||
         mvb_register_ratio("p2m/lookup_random_2m", "baseline/flat_lookup_random", 3.0) ||
         mvb_register_ratio("p2m/lookup_chase_4k", "baseline/flat_lookup_chase", 1.5) ||
