@@ -96,6 +96,7 @@ int main(int argc, char **argv)
 
     mvb_register_mm();
     mvb_register_ref();
+    mvb_register_pv();
     mvb_register_p2m();
 
     int rc = mvb_run(argc, argv, print_help, &info);
