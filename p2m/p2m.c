@@ -100,7 +100,6 @@ static void p2m_domain_free(mv_domain_t *d)
     d->mod[MV_MOD_P2M] = NULL;
 }
 
-void mv__p2m_recount(mv_host_t *h, struct mv_audit_ctx *ac);
 void mv__p2m_audit(mv_host_t *h, struct mv_audit_ctx *ac);
 
 const struct mv_module_ops mv__p2m_module = {
@@ -394,11 +393,10 @@ static bool ram_type_change_ok(unsigned from, unsigned to)
     return f && t;
 }
 
-int mv__p2m_retype_range(mv_domain_t *d, mv_gfn_t first, uint64_t count, unsigned from,
-                         unsigned to, uint64_t *done, uint64_t *changed);
-
-int mv__p2m_retype_range(mv_domain_t *d, mv_gfn_t first, uint64_t count, unsigned from,
-                         unsigned to, uint64_t *done, uint64_t *changed)
+/* Retype [first, first + count) from -> to, splintering partly covered superpages;
+ * one notification per call; budgeted (MV_EAGAIN, *done gfns examined). */
+static int retype_range(mv_domain_t *d, mv_gfn_t first, uint64_t count, unsigned from,
+                        unsigned to, uint64_t *done)
 {
     struct mv_p2m *p = p2m_of(d);
     mv_host_t *h = d->h;
@@ -429,8 +427,10 @@ int mv__p2m_retype_range(mv_domain_t *d, mv_gfn_t first, uint64_t count, unsigne
                 if (!p->nr_topup) {
                     mv__p2m_invalidate_end(p, first, count);
                     mv_spin_unlock(&p->lock);
-                    if ((rc = mv__p2m_topup(p)))
+                    if ((rc = mv__p2m_topup(p))) {
+                        *done = pos;
                         return rc;
+                    }
                     mv_spin_lock(&p->lock);
                     mv__p2m_invalidate_start(p, first, count);
                     continue;
@@ -438,19 +438,17 @@ int mv__p2m_retype_range(mv_domain_t *d, mv_gfn_t first, uint64_t count, unsigne
                 mv__p2m_splinter_at(p, g, w.level);
                 continue;
             }
-            unsigned access = (unsigned)(w.e & EPT_RWX) | (unsigned)p2m_type_rights(to);
-            mv_ept_t ne = ept_leaf(ept_mfn(w.e), w.level, to, access & (unsigned)p2m_type_rights(to),
-                                   MV_P2M_MT_WB, (w.e & EPT_SPECIAL) != 0);
+            mv_ept_t ne = ept_leaf(ept_mfn(w.e), w.level, to, MV_P2M_RWX, MV_P2M_MT_WB,
+                                   (w.e & EPT_SPECIAL) != 0);
             mv__p2m_account(p, w.e, w.level, -1);
             ept_write(w.slot, ne);
             mv__p2m_account(p, ne, w.level, +1);
-            if ((p2m_type_rights(to) & ~p2m_type_rights(from)) == 0 &&
-                p2m_type_rights(from) != p2m_type_rights(to))
-                reduced = true;
-            if (changed)
-                *changed += span;
+            reduced |= (p2m_type_rights(from) & ~p2m_type_rights(to)) != 0;
+            budget -= budget < span ? budget : span;
         }
-        budget -= step < budget ? step : budget;
+        /* Work is entries visited and pages retyped, not address space skipped. */
+        if (budget)
+            budget--;
         pos += step;
     }
     if (reduced)
@@ -480,7 +478,7 @@ MV_API int mv_p2m_change_type_range(mv_domain_t *d, mv_gfn_t first, uint64_t cou
         to = MV_P2M_RAM_LOGDIRTY;
     if (!count || from == to)
         return 0;
-    return mv__p2m_retype_range(d, first, count, from, to, done, NULL);
+    return retype_range(d, first, count, from, to, done);
 }
 
 /* ---- Listeners and statistics ------------------------------------------------------- */
