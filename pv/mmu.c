@@ -53,7 +53,7 @@ static int begin(mv_vcpu_t *v, uint32_t *done, struct pv_ctx *c)
         return MV_EOPNOTSUPP; /* not a PV domain */
     if (mv__domain_dying(v->d))
         return MV_ESRCH;
-    pv__ctx_init(c, v);
+    mv__pv_ctx_init(c, v);
     return 0;
 }
 
@@ -98,7 +98,7 @@ static int one_update(struct pv_ctx *c, const struct mv_pv_mmu_update *r)
             c->reason = MV_PV_REFUSE_TYPE;
             return MV_EBUSY;
         }
-        return pv__mod_entry(c, tm, tab, type, slot, r->val);
+        return mv__pv_mod_entry(c, tm, tab, type, slot, r->val);
     }
     /* Not a table: a plain write, if the domain may write the frame. */
     if ((rc = mv__get_page(c->d, tf))) {
@@ -107,14 +107,14 @@ static int one_update(struct pv_ctx *c, const struct mv_pv_mmu_update *r)
     }
     rc = mv__get_page_type(c->h, tf, MV_PGT_WRITABLE);
     if (rc) {
-        pv__put_ref(c, tf);
+        mv__pv_put_ref(c, tf);
         c->reason = rc == MV_EOVERFLOW ? MV_PV_REFUSE_OVERFLOW : MV_PV_REFUSE_TYPE;
         return rc == MV_EOVERFLOW ? rc : MV_EBUSY;
     }
     __atomic_store_n(&tab[slot], r->val, __ATOMIC_RELEASE);
     c->pd->plain_writes++;
     mv__put_page_type(c->h, tf);
-    pv__put_ref(c, tf);
+    mv__pv_put_ref(c, tf);
     return 0;
 }
 
@@ -150,7 +150,7 @@ MV_API int mv_pv_mmu_update(mv_vcpu_t *v, const struct mv_pv_mmu_update *reqs, u
     if (count)
         update_cont(&c, &reqs[0], &cm, &cl);
     uint32_t i = 0;
-    rc = pv__settle(&c, cm, cl);
+    rc = mv__pv_settle(&c, cm, cl);
     for (; !rc && i < count; i++) {
         if (i && (!c.budget || c.pd->nr_deferred + PV_DEFER_RESERVE > PV_DEFER_MAX)) {
             rc = PV_YIELD;
@@ -161,7 +161,7 @@ MV_API int mv_pv_mmu_update(mv_vcpu_t *v, const struct mv_pv_mmu_update *reqs, u
         if (c.budget)
             c.budget--;
         /* An open validation the first item did not continue is rolled back now. */
-        if (c.pv->pend == PV_PEND_VALIDATE && pv__settle(&c, MV_INVALID_MFN, 0)) {
+        if (c.pv->pend == PV_PEND_VALIDATE && mv__pv_settle(&c, MV_INVALID_MFN, 0)) {
             rc = PV_DONE_DEFERRED;
             break;
         }
@@ -193,7 +193,7 @@ static int pin(struct pv_ctx *c, mv_mfn_t mfn, unsigned level)
         c->reason = MV_PV_REFUSE_PIN;
         return MV_EALREADY;
     }
-    if ((rc = pv__get_root(c, mfn, level)))
+    if ((rc = mv__pv_get_root(c, mfn, level)))
         return rc;
     atomic_fetch_or_explicit(&f->type_info, MV_PGT_PINNED, memory_order_acq_rel);
     c->pd->pinned++;
@@ -212,7 +212,7 @@ static int unpin(struct pv_ctx *c, mv_mfn_t mfn)
     }
     atomic_fetch_and_explicit(&f->type_info, ~MV_PGT_PINNED, memory_order_acq_rel);
     c->pd->pinned--;
-    return pv__put_root(c, mfn);
+    return mv__pv_put_root(c, mfn);
 }
 
 static void flush_vcpus(struct pv_ctx *c, unsigned scope, uint64_t linear, bool all)
@@ -232,7 +232,7 @@ static int set_base(struct pv_ctx *c, mv_mfn_t mfn, bool user)
     int rc;
     if (mfn != MV_INVALID_MFN) {
         struct mv_frame *f;
-        if ((rc = frame_arg(c, mfn, &f)) || (rc = pv__get_root(c, mfn, MV_PGT_L4)))
+        if ((rc = frame_arg(c, mfn, &f)) || (rc = mv__pv_get_root(c, mfn, MV_PGT_L4)))
             return rc;
     }
     mv_mfn_t old = *slot;
@@ -244,7 +244,7 @@ static int set_base(struct pv_ctx *c, mv_mfn_t mfn, bool user)
         /* A new kernel base is a CR3 write: the vCPU's non-global translations go. */
         flush_vcpus(c, MV_FLUSH_LINEAR_ALL, 0, false);
     }
-    return old == MV_INVALID_MFN ? 0 : pv__put_root(c, old);
+    return old == MV_INVALID_MFN ? 0 : mv__pv_put_root(c, old);
 }
 
 static bool canonical(uint64_t va)
@@ -316,7 +316,7 @@ MV_API int mv_pv_mmuext_op(mv_vcpu_t *v, const struct mv_pv_mmuext_op *ops, uint
     if (count)
         op_cont(&ops[0], &cm, &cl);
     uint32_t i = 0;
-    rc = pv__settle(&c, cm, cl);
+    rc = mv__pv_settle(&c, cm, cl);
     for (; !rc && i < count; i++) {
         if (i && (!c.budget || c.pd->nr_deferred + PV_DEFER_RESERVE > PV_DEFER_MAX)) {
             rc = PV_YIELD;
@@ -327,7 +327,7 @@ MV_API int mv_pv_mmuext_op(mv_vcpu_t *v, const struct mv_pv_mmuext_op *ops, uint
         if (c.budget)
             c.budget--;
         /* An open validation the first item did not continue is rolled back now. */
-        if (c.pv->pend == PV_PEND_VALIDATE && pv__settle(&c, MV_INVALID_MFN, 0)) {
+        if (c.pv->pend == PV_PEND_VALIDATE && mv__pv_settle(&c, MV_INVALID_MFN, 0)) {
             rc = PV_DONE_DEFERRED;
             break;
         }

@@ -65,7 +65,7 @@ static int drop_base(struct pv_ctx *c, bool user)
         c->v->guest_table_user = MV_INVALID_MFN;
     else
         c->v->guest_table = MV_INVALID_MFN;
-    return pv__put_root(c, m);
+    return mv__pv_put_root(c, m);
 }
 
 static int teardown_pins(struct pv_ctx *c)
@@ -90,7 +90,7 @@ static int teardown_pins(struct pv_ctx *c)
             atomic_fetch_and_explicit(&f->type_info, ~MV_PGT_PINNED, memory_order_acq_rel);
             pd->pinned--;
             pd->td_cursor++;
-            int rc = pv__put_root(c, m);
+            int rc = mv__pv_put_root(c, m);
             if (rc)
                 return rc;
         }
@@ -104,7 +104,7 @@ static int pv_domain_teardown(mv_domain_t *d)
     if (!pd || pd->td_phase == TD_DONE)
         return 0;
     struct pv_ctx c;
-    pv__ctx_init(&c, d->vcpu[0]);
+    mv__pv_ctx_init(&c, d->vcpu[0]);
     mv_spin_lock(&pd->lock);
     int rc = 0;
     while (pd->td_phase == TD_VCPUS && pd->td_vcpu < d->nr_vcpus) {
@@ -114,7 +114,7 @@ static int pv_domain_teardown(mv_domain_t *d)
         }
         c.v = d->vcpu[pd->td_vcpu];
         c.pv = c.v->mod[MV_MOD_PV];
-        if ((rc = pv__settle(&c, MV_INVALID_MFN, 0)) || (rc = drop_base(&c, false)) ||
+        if ((rc = mv__pv_settle(&c, MV_INVALID_MFN, 0)) || (rc = drop_base(&c, false)) ||
             (rc = drop_base(&c, true)))
             goto out;
         pd->td_vcpu++;
@@ -125,8 +125,8 @@ static int pv_domain_teardown(mv_domain_t *d)
     }
     c.v = d->vcpu[0];
     c.pv = c.v->mod[MV_MOD_PV];
-    if ((rc = pv__settle(&c, MV_INVALID_MFN, 0)) || (rc = teardown_pins(&c)) ||
-        (rc = pv__settle(&c, MV_INVALID_MFN, 0)))
+    if ((rc = mv__pv_settle(&c, MV_INVALID_MFN, 0)) || (rc = teardown_pins(&c)) ||
+        (rc = mv__pv_settle(&c, MV_INVALID_MFN, 0)))
         goto out;
     pd->td_phase = TD_DONE;
 out:
@@ -176,7 +176,7 @@ static void add_ref(mv_host_t *h, struct mv_audit_ctx *ac, mv_mfn_t m, bool type
 static void recount_table(mv_host_t *h, struct mv_audit_ctx *ac, mv_mfn_t m, uint64_t x)
 {
     unsigned level = mv__pgt_type(x), n = held_entries(x);
-    const uint64_t *tab = pv__table(h, m);
+    const uint64_t *tab = mv__pv_table(h, m);
     if (x & MV_PGT_PINNED)
         add_ref(h, ac, m, true);
     for (unsigned i = 0; i < n; i++) {
@@ -231,7 +231,7 @@ static void audit_entry(mv_host_t *h, struct mv_audit_ctx *ac, mv_domain_t *d, m
     struct pv_vcpu dummy = {.pend = PV_PEND_NONE};
     struct pv_ctx c = {.h = h, .d = d, .pd = pv_dom(d), .pv = &dummy};
     c.resv_mask = MV_PTE_ADDR_MASK & ~((1ull << d->phys_bits) - 1);
-    if (pv__check_bits(&c, level, i, e))
+    if (mv__pv_check_bits(&c, level, i, e))
         REPORT(ac, "I5", "entry-bits", m, d, i, e);
     if (!(e & MV_PTE_P))
         return;
@@ -263,7 +263,7 @@ static void audit_entry(mv_host_t *h, struct mv_audit_ctx *ac, mv_domain_t *d, m
         if (!(tx & MV_PGT_VALIDATED))
             REPORT(ac, "I5", "linear-target-unvalidated", t, d, 1, 0);
         struct pv_domain *pd = pv_dom(d);
-        struct pv_linear *lt = pv__linear_find(pd, m), *lx = pv__linear_find(pd, t);
+        struct pv_linear *lt = mv__pv_linear_find(pd, m), *lx = mv__pv_linear_find(pd, t);
         if (!lt || !lx) {
             REPORT(ac, "I6", "linear-untracked", m, d, t, 0);
             return;
@@ -300,7 +300,7 @@ static void audit_table(mv_host_t *h, struct mv_audit_ctx *ac, mv_domain_t *d, m
         (*partial)++;
     if (x & MV_PGT_PINNED)
         (*pinned)++;
-    const uint64_t *tab = pv__table(h, m);
+    const uint64_t *tab = mv__pv_table(h, m);
     unsigned n = held_entries(x);
     if (n > MV_PV_ENTRIES)
         n = MV_PV_ENTRIES;

@@ -144,37 +144,37 @@ struct pv_ctx {
 
 /* ---- validate.c ------------------------------------------------------------------------ */
 
-void pv__ctx_init(struct pv_ctx *c, mv_vcpu_t *v);
+void mv__pv_ctx_init(struct pv_ctx *c, mv_vcpu_t *v);
 /* Drop the queued last references; call with the PV lock released. */
-void pv__drain(mv_host_t *h, struct pv_domain *pd);
+void mv__pv_drain(mv_host_t *h, struct pv_domain *pd);
 
-static inline uint64_t *pv__table(const mv_host_t *h, mv_mfn_t mfn)
+static inline uint64_t *mv__pv_table(const mv_host_t *h, mv_mfn_t mfn)
 {
     return (uint64_t *)mv_frame_va(h, mfn);
 }
 
 /* Check an entry's bits for its level and slot (not its target). 0 or an error. */
-int pv__check_bits(struct pv_ctx *c, unsigned level, unsigned slot, uint64_t e);
+int mv__pv_check_bits(struct pv_ctx *c, unsigned level, unsigned slot, uint64_t e);
 /*
  * Take a root reference (a pin, a base pointer, an upper-level entry) of table type
  * `level` on mfn, validating what needs it. 0 held; PV_YIELD preempted (the vCPU's
  * continuation holds it); an error: nothing held (a long rollback may continue on the vCPU).
  */
-int pv__get_root(struct pv_ctx *c, mv_mfn_t mfn, unsigned level);
+int mv__pv_get_root(struct pv_ctx *c, mv_mfn_t mfn, unsigned level);
 /* Drop a root reference on a validated table; PV_DONE_DEFERRED when its release continues later. */
-int pv__put_root(struct pv_ctx *c, mv_mfn_t mfn);
+int mv__pv_put_root(struct pv_ctx *c, mv_mfn_t mfn);
 /* Write one entry of a validated table (mmu_update). 0, PV_YIELD, PV_DONE_DEFERRED or error. */
-int pv__mod_entry(struct pv_ctx *c, mv_mfn_t tbl, uint64_t *tab, unsigned level, unsigned slot,
+int mv__pv_mod_entry(struct pv_ctx *c, mv_mfn_t tbl, uint64_t *tab, unsigned level, unsigned slot,
                   uint64_t val);
 /*
  * Settle the vCPU's open continuation unless it is (cont_mfn, cont_level): a validation is
  * rolled back, a release finished. 0 or PV_YIELD.
  */
-int pv__settle(struct pv_ctx *c, mv_mfn_t cont_mfn, unsigned cont_level);
+int mv__pv_settle(struct pv_ctx *c, mv_mfn_t cont_mfn, unsigned cont_level);
 /* The general reference a PV holder drops (queued when it may be the last). */
-void pv__put_ref(struct pv_ctx *c, struct mv_frame *f);
+void mv__pv_put_ref(struct pv_ctx *c, struct mv_frame *f);
 
-struct pv_linear *pv__linear_find(struct pv_domain *pd, mv_mfn_t mfn);
+struct pv_linear *mv__pv_linear_find(struct pv_domain *pd, mv_mfn_t mfn);
 
 /* ---- module.c --------------------------------------------------------------------------- */
 

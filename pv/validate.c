@@ -25,7 +25,7 @@
 #define PV_NEED_RELEASE 4  /* drop_entry: the entry holds the last type reference of a table */
 #define PV_WALK_MAX 12     /* 4 levels and a linear hop at three of them, with room */
 
-void pv__ctx_init(struct pv_ctx *c, mv_vcpu_t *v)
+void mv__pv_ctx_init(struct pv_ctx *c, mv_vcpu_t *v)
 {
     c->v = v;
     c->d = v->d;
@@ -69,7 +69,7 @@ static void put_ref_stamped(struct pv_ctx *c, struct mv_frame *f)
     c->pd->deferred[c->pd->nr_deferred++] = f;
 }
 
-void pv__put_ref(struct pv_ctx *c, struct mv_frame *f)
+void mv__pv_put_ref(struct pv_ctx *c, struct mv_frame *f)
 {
     /* Stamp first: the mapping is gone from now on (as mm's put does). */
     mv__flush_stamp(c->h, f, false);
@@ -96,7 +96,7 @@ static int type_error(struct pv_ctx *c, int rc)
 
 /* ---- Entry bits --------------------------------------------------------------------------- */
 
-int pv__check_bits(struct pv_ctx *c, unsigned level, unsigned slot, uint64_t e)
+int mv__pv_check_bits(struct pv_ctx *c, unsigned level, unsigned slot, uint64_t e)
 {
     if (level == 4 && pv_l4_reserved_slot(slot) && e)
         return refuse(c, MV_PV_REFUSE_FLAGS, MV_EPERM);
@@ -121,7 +121,7 @@ int pv__check_bits(struct pv_ctx *c, unsigned level, unsigned slot, uint64_t e)
 
 /* ---- Linear entries (XSA-182, XSA-240) --------------------------------------------------- */
 
-struct pv_linear *pv__linear_find(struct pv_domain *pd, mv_mfn_t mfn)
+struct pv_linear *mv__pv_linear_find(struct pv_domain *pd, mv_mfn_t mfn)
 {
     for (uint32_t i = 0; i < pd->nr_linear; i++)
         if (pd->linear[i].mfn == mfn)
@@ -142,7 +142,7 @@ static int linear_rules(struct pv_ctx *c, uint64_t e)
 static int linear_take(struct pv_ctx *c, mv_mfn_t tbl, mv_mfn_t t)
 {
     struct pv_domain *pd = c->pd;
-    struct pv_linear *lt = pv__linear_find(pd, tbl), *lx = pv__linear_find(pd, t);
+    struct pv_linear *lt = mv__pv_linear_find(pd, tbl), *lx = mv__pv_linear_find(pd, t);
     if ((lt && lt->count > 0) || (lx && lx->count < 0))
         return refuse(c, MV_PV_REFUSE_LINEAR, MV_EBUSY);
     if (pd->nr_linear + !lt + !lx > MV_PV_LINEAR_TABLES)
@@ -164,7 +164,7 @@ static int linear_take(struct pv_ctx *c, mv_mfn_t tbl, mv_mfn_t t)
 
 static void linear_forget(struct pv_domain *pd, mv_mfn_t mfn, int delta)
 {
-    struct pv_linear *l = pv__linear_find(pd, mfn);
+    struct pv_linear *l = mv__pv_linear_find(pd, mfn);
     MV_ASSERT(l);
     l->count += delta;
     if (!l->count)
@@ -200,7 +200,7 @@ static int take_entry(struct pv_ctx *c, mv_mfn_t tbl, unsigned level, uint64_t e
         if (e & MV_PTE_RW) {
             rc = mv__get_page_type(c->h, tf, MV_PGT_WRITABLE);
             if (rc) {
-                pv__put_ref(c, tf);
+                mv__pv_put_ref(c, tf);
                 return type_error(c, rc);
             }
         }
@@ -226,7 +226,7 @@ static int take_entry(struct pv_ctx *c, mv_mfn_t tbl, unsigned level, uint64_t e
             if (rc == MV_PAGE_VALIDATE) /* dropped to zero meanwhile: not ours to validate */
                 mv__put_page_type(c->h, tf);
             linear_drop(c, tbl, t);
-            pv__put_ref(c, tf);
+            mv__pv_put_ref(c, tf);
             return type_error(c, rc == MV_PAGE_VALIDATE ? MV_EBUSY : rc);
         }
         return 0;
@@ -238,10 +238,10 @@ static int take_entry(struct pv_ctx *c, mv_mfn_t tbl, unsigned level, uint64_t e
         *child = t;
         return PV_NEED_VALIDATE;
     }
-    pv__put_ref(c, tf);
+    mv__pv_put_ref(c, tf);
     return type_error(c, rc);
 put:
-    pv__put_ref(c, tf);
+    mv__pv_put_ref(c, tf);
     return rc;
 }
 
@@ -262,7 +262,7 @@ static int drop_entry(struct pv_ctx *c, mv_mfn_t tbl, unsigned level, uint64_t e
             mv__put_page_type(c->h, tf); /* stamps the removal */
             put_ref_stamped(c, tf);
         } else {
-            pv__put_ref(c, tf);
+            mv__pv_put_ref(c, tf);
         }
         return 0;
     }
@@ -276,7 +276,7 @@ static int drop_entry(struct pv_ctx *c, mv_mfn_t tbl, unsigned level, uint64_t e
     if (mv__pgt_type(x) == level)
         linear_drop(c, tbl, t);
     mv__put_page_type(c->h, tf);
-    pv__put_ref(c, tf);
+    mv__pv_put_ref(c, tf);
     return 0;
 }
 
@@ -297,7 +297,7 @@ static void end_release(struct pv_ctx *c, struct mv_frame *f)
     c->pd->partial--;
     c->pd->devalidations++;
     mv__put_page_type(c->h, f);
-    pv__put_ref(c, f);
+    mv__pv_put_ref(c, f);
 }
 
 /* ---- Walks ------------------------------------------------------------------------------ */
@@ -327,7 +327,7 @@ static void walk_resume(struct pv_ctx *c, struct walk *w, mv_mfn_t root)
         uint64_t x = pv_type_word(w->f[w->n - 1]);
         if (!(x & PV_PEND))
             return;
-        const uint64_t *tab = pv__table(c->h, w->mfn[w->n - 1]);
+        const uint64_t *tab = mv__pv_table(c->h, w->mfn[w->n - 1]);
         walk_push(w, c->h, pv_pte_mfn(load_entry(tab, pv_nval(x))));
     }
 }
@@ -342,7 +342,7 @@ static int validate_run(struct pv_ctx *c, mv_mfn_t root)
         struct mv_frame *f = w.f[w.n - 1];
         uint64_t x = pv_type_word(f);
         unsigned level = mv__pgt_type(x), k = pv_nval(x);
-        const uint64_t *tab = pv__table(c->h, fm);
+        const uint64_t *tab = mv__pv_table(c->h, fm);
         mv_mfn_t child = MV_INVALID_MFN;
         int rc = 0;
         for (; k < MV_PV_ENTRIES; k++) {
@@ -352,7 +352,7 @@ static int validate_run(struct pv_ctx *c, mv_mfn_t root)
             }
             c->budget--;
             uint64_t e = load_entry(tab, k);
-            if ((rc = pv__check_bits(c, level, k, e)) ||
+            if ((rc = mv__pv_check_bits(c, level, k, e)) ||
                 (rc = take_entry(c, fm, level, e, &child)) < 0) {
                 pv_set_state(f, pv_partial_state(k, false));
                 return rc;
@@ -389,7 +389,7 @@ static int release_run(struct pv_ctx *c, mv_mfn_t root)
         struct mv_frame *f = w.f[w.n - 1];
         uint64_t x = pv_type_word(f);
         unsigned level = mv__pgt_type(x), k = pv_nval(x);
-        const uint64_t *tab = pv__table(c->h, fm);
+        const uint64_t *tab = mv__pv_table(c->h, fm);
         mv_mfn_t child = MV_INVALID_MFN;
         int rc = 0;
         for (; k > 0; k--) {
@@ -459,7 +459,7 @@ static int validate_root(struct pv_ctx *c, mv_mfn_t mfn)
     return rc;
 }
 
-int pv__get_root(struct pv_ctx *c, mv_mfn_t mfn, unsigned level)
+int mv__pv_get_root(struct pv_ctx *c, mv_mfn_t mfn, unsigned level)
 {
     struct mv_frame *f = mv__frame(c->h, mfn);
     int rc;
@@ -477,7 +477,7 @@ int pv__get_root(struct pv_ctx *c, mv_mfn_t mfn, unsigned level)
     if (rc == 0)
         return 0;
     if (rc != MV_PAGE_VALIDATE) {
-        pv__put_ref(c, f);
+        mv__pv_put_ref(c, f);
         return type_error(c, rc);
     }
     pv_set_state(f, pv_partial_state(0, false));
@@ -485,20 +485,20 @@ int pv__get_root(struct pv_ctx *c, mv_mfn_t mfn, unsigned level)
     return validate_root(c, mfn);
 }
 
-int pv__put_root(struct pv_ctx *c, mv_mfn_t mfn)
+int mv__pv_put_root(struct pv_ctx *c, mv_mfn_t mfn)
 {
     struct mv_frame *f = mv__frame(c->h, mfn);
     MV_ASSERT(f);
     if ((pv_type_word(f) & MV_PGT_COUNT_MASK) > 1) {
         mv__put_page_type(c->h, f);
-        pv__put_ref(c, f);
+        mv__pv_put_ref(c, f);
         return 0;
     }
     begin_release(c, f);
     return finish_release(c, mfn);
 }
 
-int pv__settle(struct pv_ctx *c, mv_mfn_t cont_mfn, unsigned cont_level)
+int mv__pv_settle(struct pv_ctx *c, mv_mfn_t cont_mfn, unsigned cont_level)
 {
     struct pv_vcpu *pv = c->pv;
     if (pv->pend == PV_PEND_NONE)
@@ -518,11 +518,11 @@ int pv__settle(struct pv_ctx *c, mv_mfn_t cont_mfn, unsigned cont_level)
 
 /* ---- One entry of a validated table ------------------------------------------------------ */
 
-int pv__mod_entry(struct pv_ctx *c, mv_mfn_t tbl, uint64_t *tab, unsigned level, unsigned slot,
+int mv__pv_mod_entry(struct pv_ctx *c, mv_mfn_t tbl, uint64_t *tab, unsigned level, unsigned slot,
                   uint64_t val)
 {
     uint64_t old = load_entry(tab, slot);
-    int rc = pv__check_bits(c, level, slot, val);
+    int rc = mv__pv_check_bits(c, level, slot, val);
     if (rc)
         return rc;
     if (old == val) {
@@ -539,7 +539,7 @@ int pv__mod_entry(struct pv_ctx *c, mv_mfn_t tbl, uint64_t *tab, unsigned level,
     mv_mfn_t t = pv_pte_mfn(val), child = MV_INVALID_MFN;
     if (level >= 2 && (val & MV_PTE_P) && t != tbl && c->pv->pend == PV_PEND_VALIDATE &&
         c->pv->pend_mfn == t && mv__pgt_type(pv_type_word(mv__frame(c->h, t))) == level - 1) {
-        rc = pv__get_root(c, t, level - 1);
+        rc = mv__pv_get_root(c, t, level - 1);
     } else {
         rc = take_entry(c, tbl, level, val, &child);
         if (rc == PV_NEED_VALIDATE) {
