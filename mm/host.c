@@ -195,6 +195,14 @@ MV_API int mv_host_create(const struct mv_host_config *ucfg, mv_host_t **out)
         h->end_mfn = h->topo.node[i].first_mfn + h->topo.node[i].nr_frames;
     }
     build_fallback(h);
+    /* Nodes laid side by side in frame order: one addition gives a frame's address. */
+    uintptr_t lin = (uintptr_t)h->topo.node[0].base -
+                    (uintptr_t)(h->topo.node[0].first_mfn << MV_PAGE_SHIFT);
+    bool linear = true;
+    for (uint32_t i = 0; i < h->nr_nodes; i++)
+        linear &= (uintptr_t)h->topo.node[i].base ==
+                  lin + (uintptr_t)(h->topo.node[i].first_mfn << MV_PAGE_SHIFT);
+    h->linear_va = linear && lin ? lin : 0;
 
     rc = mv__frametable_init(h);
     if (rc)

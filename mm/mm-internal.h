@@ -231,6 +231,7 @@ struct mv_host {
     struct mv_heap_node *node[MV_MAX_NODES];
     uint8_t fallback[MV_MAX_NODES][MV_MAX_NODES]; /* nodes by distance from each node */
     mv_mfn_t end_mfn;                /* one past the highest frame */
+    uintptr_t linear_va;             /* non-zero: frame f is at linear_va + f * 4 KiB */
     uint64_t total_frames;
 
     uint32_t max_slots;
@@ -328,6 +329,14 @@ static inline uint32_t mv__frame_owner(const struct mv_frame *f)
 static inline void *mv__frame_va_fast(const struct mv_heap_node *n, mv_mfn_t mfn)
 {
     return n->base + ((mfn - n->first_mfn) << MV_PAGE_SHIFT);
+}
+
+/* The host address of a frame known to be in machine memory (a table the engine owns). */
+static inline void *mv__mfn_va(const mv_host_t *h, mv_mfn_t mfn)
+{
+    if (MV_LIKELY(h->linear_va))
+        return (void *)(h->linear_va + (uintptr_t)(mfn << MV_PAGE_SHIFT));
+    return mv__frame_va_fast(mv__mfn_node(h, mfn), mfn);
 }
 
 /* ---- Heaps (heap.c) ------------------------------------------------------------------ */

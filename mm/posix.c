@@ -178,17 +178,33 @@ static void unmap_nodes(struct posix_ctx *c)
     }
 }
 
+/*
+ * One reservation per node, laid side by side in one address window in frame order, so
+ * that a machine frame's address is one addition away for the engine (it notices).
+ */
 static int map_nodes(struct posix_ctx *c)
 {
+    size_t total = 0;
+    for (uint32_t i = 0; i < c->topo.nr_nodes; i++) {
+        if (c->topo.node[i].nr_frames > (SIZE_MAX >> MV_PAGE_SHIFT) - (total >> MV_PAGE_SHIFT))
+            return MV_ENOMEM;
+        total += (size_t)c->topo.node[i].nr_frames << MV_PAGE_SHIFT;
+    }
+    uint8_t *window = mmap(NULL, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                           -1, 0);
+    if (window == MAP_FAILED)
+        return MV_ENOMEM;
+    size_t off = 0;
     for (uint32_t i = 0; i < c->topo.nr_nodes; i++) {
         struct mv_node_desc *nd = &c->topo.node[i];
-        if (nd->nr_frames > (SIZE_MAX >> MV_PAGE_SHIFT))
-            goto fail;
         size_t len = (size_t)nd->nr_frames << MV_PAGE_SHIFT;
-        void *base = mmap(NULL, len, PROT_READ | PROT_WRITE,
-                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (base == MAP_FAILED)
+        void *base = mmap(window + off, len, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+        off += len;
+        if (base == MAP_FAILED) {
+            munmap(window + off - len, total - (off - len)); /* the rest of the window */
             goto fail;
+        }
         nd->base = base;
         c->reserved_bytes += len;
         (void)madvise(base, len, MADV_NOHUGEPAGE); /* EINVAL without THP: nothing to do */

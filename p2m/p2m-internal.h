@@ -49,9 +49,14 @@ static inline mv_mfn_t ept_mfn(mv_ept_t e)
     return (e & EPT_ADDR_MASK) >> MV_PAGE_SHIFT;
 }
 
+/*
+ * A table entry is readable, not a leaf and carries no type; every leaf carries a type
+ * (an L1 entry included), so the level need not be looked at.
+ */
 static inline bool ept_is_table(mv_ept_t e, unsigned level)
 {
-    return level > 0 && (e & EPT_RWX) && !(e & EPT_LEAF) && ept_type(e) == MV_P2M_INVALID;
+    (void)level;
+    return (e & (EPT_R | EPT_LEAF | EPT_TYPE_MASK)) == EPT_R;
 }
 
 /* Rights each type allows (then narrowed by the caller's access mask). */
@@ -154,8 +159,7 @@ static inline struct mv_p2m *p2m_of(const mv_domain_t *d)
 
 static inline mv_ept_t *ept_va(const mv_host_t *h, mv_mfn_t table)
 {
-    struct mv_heap_node *n = mv__mfn_node(h, table);
-    return (mv_ept_t *)mv__frame_va_fast(n, table);
+    return (mv_ept_t *)mv__mfn_va(h, table);
 }
 
 static inline mv_ept_t ept_read(const mv_ept_t *slot)
