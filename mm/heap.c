@@ -287,8 +287,11 @@ static uint32_t cache_refill(mv_host_t *h, struct mv_heap_node *n, struct mv_slo
         mv_spin_lock(&n->lock);
         bool zero;
         uint32_t idx;
-        while (got < want && (idx = buddy_take(n, 0, MV_OWNER_CACHED, &zero)) != MV_IDX_NIL)
+        while (got < want && (idx = buddy_take(n, 0, MV_OWNER_CACHED, &zero)) != MV_IDX_NIL) {
+            /* Cached frames hold no list links: handing one out touches flags and owner. */
+            atomic_store_explicit(&n->ft[idx].link, MV_INVALID_GFN, memory_order_relaxed);
             c->mfn[got++] = n->first_mfn + idx;
+        }
         bool queued = n->pending_frames != 0;
         mv_spin_unlock(&n->lock);
         /* Nothing free but frames waiting for decommit: decommit them now, retry once. */
@@ -329,8 +332,14 @@ static int alloc_order0_cached(mv_host_t *h, uint32_t slot, struct mv_heap_node 
         return MV_ENOMEM;
     mv_mfn_t mfn = c->mfn[--have];
     atomic_store_explicit(&c->n, have, memory_order_relaxed);
-    uint32_t idx = (uint32_t)(mfn - n->first_mfn);
-    hand_out(h, n, idx, 0, owner, flags_get(&n->ft[idx]) & MV_PGF_ZERO, flags);
+    struct mv_frame *f = &n->ft[mfn - n->first_mfn];
+    /* A cached frame has no references, no type and no link (freed so, or refilled so). */
+    if ((flags & MV_ALLOC_ZERO) && !(flags_get(f) & MV_PGF_ZERO)) {
+        memset(mv__frame_va_fast(n, mfn), 0, MV_PAGE_SIZE);
+        atomic_fetch_add_explicit(&h->scrubbed_frames, 1, memory_order_relaxed);
+    }
+    flags_set(f, mv__pgf_head(0));
+    owner_set(f, owner);
     *out = mfn;
     return 0;
 }
@@ -411,8 +420,12 @@ void mv__heap_free(mv_host_t *h, mv_mfn_t mfn, unsigned order)
             cache_spill(h, n, c, h->cache_max / 2 ? h->cache_max / 2 : 1);
             have = atomic_load_explicit(&c->n, memory_order_relaxed);
         }
-        flags_set(&n->ft[idx], MV_PGF_HEAD);
-        owner_set(&n->ft[idx], MV_OWNER_CACHED);
+        struct mv_frame *f = &n->ft[idx];
+        MV_ASSERT2(!atomic_load_explicit(&f->count, memory_order_relaxed) &&
+                   !atomic_load_explicit(&f->type_info, memory_order_relaxed));
+        atomic_store_explicit(&f->link, MV_INVALID_GFN, memory_order_relaxed);
+        flags_set(f, MV_PGF_HEAD);
+        owner_set(f, MV_OWNER_CACHED);
         c->mfn[have] = mfn;
         atomic_store_explicit(&c->n, have + 1, memory_order_relaxed);
         return;

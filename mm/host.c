@@ -298,10 +298,12 @@ MV_API int mv_frame_free(mv_host_t *h, mv_mfn_t mfn, unsigned order)
         return MV_EINVAL;
     if (atomic_load_explicit(&f->count, memory_order_relaxed))
         return MV_EBUSY;
-    /* The commit point: exactly one of two racing frees of the same block wins. */
-    if (!atomic_compare_exchange_strong_explicit(&f->owner, &owner, MV_OWNER_PENDING,
-                                                 memory_order_acq_rel, memory_order_relaxed))
-        return MV_EALREADY;
+    /*
+     * The caller's own frames: it frees each block once, from one thread (a hypervisor
+     * that races two frees of one block has a bug of its own, as with Xen's
+     * free_domheap_pages); a free after a free is refused above.
+     */
+    atomic_store_explicit(&f->owner, MV_OWNER_PENDING, memory_order_relaxed);
     mv__heap_free(h, mfn, order);
     return 0;
 }

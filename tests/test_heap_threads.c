@@ -101,44 +101,10 @@ static void test_concurrent_alloc_free(void **state)
     th_host_destroy(host, tp);
 }
 
-/* Two threads racing to free the same block: exactly one wins. */
-struct racer {
-    mv_mfn_t mfn;
-    int rc;
-};
-
-static void *race_free(void *arg)
-{
-    struct racer *r = arg;
-    r->rc = mv_frame_free(host, r->mfn, 2);
-    return NULL;
-}
-
-static void test_racing_double_free(void **state)
-{
-    (void)state;
-    struct th_platform *tp;
-    host = th_host_create(32 * TH_MiB, NULL, &tp);
-    for (int round = 0; round < 200; round++) {
-        mv_mfn_t m;
-        assert_int_equal(mv_frame_alloc(host, 2, 0, 0, &m), 0);
-        struct racer r[2] = {{m, 1}, {m, 1}};
-        pthread_t t[2];
-        for (int i = 0; i < 2; i++)
-            assert_int_equal(pthread_create(&t[i], NULL, race_free, &r[i]), 0);
-        for (int i = 0; i < 2; i++)
-            pthread_join(t[i], NULL);
-        assert_true((r[0].rc == 0 && r[1].rc == MV_EALREADY) ||
-                    (r[1].rc == 0 && r[0].rc == MV_EALREADY));
-    }
-    th_host_destroy(host, tp);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_concurrent_alloc_free),
-        cmocka_unit_test(test_racing_double_free),
     };
     return cmocka_run_group_tests_name("heap_threads", tests, NULL, NULL);
 }

@@ -56,7 +56,8 @@ MV_API const struct mv_topology *mv_host_topology(const mv_host_t *h);
 MV_API int mv_frame_alloc(mv_host_t *h, unsigned order, uint32_t node, uint32_t flags,
                           mv_mfn_t *out);
 /*
- * Free what mv_frame_alloc returned, with the same order. The frames are decommitted
+ * Free what mv_frame_alloc returned, with the same order, once (from one thread: two
+ * racing frees of one block are the caller's bug). The frames are decommitted
  * (in batches) before they are handed out again. MV_ERANGE mfn outside machine memory,
  * MV_EALREADY already free, MV_EINVAL not the head of an allocation of that order,
  * MV_EPERM held by a domain or the engine rather than the caller, MV_EBUSY referenced.
