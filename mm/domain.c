@@ -265,12 +265,10 @@ MV_API int mv_domain_free_frames(mv_domain_t *d, mv_mfn_t mfn, unsigned order)
     uint64_t n = 1ull << order;
     /* Check every frame before changing any. */
     for (uint64_t i = 0; i < n; i++) {
-        struct mv_frame *f = mv__frame(d->h, mfn + i);
-        if (!f)
-            return MV_ERANGE;
-        uint32_t owner = mv__frame_owner(f);
-        if (owner != d->domid)
-            return owner <= MV_DOMID_MAX ? MV_EXDEV : MV_EPERM;
+        struct mv_frame *f;
+        int rc = mv__domain_frame(d, mfn + i, &f);
+        if (rc)
+            return rc;
         if (!(atomic_load_explicit(&f->flags, memory_order_relaxed) & MV_PGF_ALLOCATED))
             return MV_EALREADY;
         /* Mapped in the p2m: the entry holds the allocation reference. */

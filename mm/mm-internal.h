@@ -429,6 +429,22 @@ static inline mv_domain_t *mv__domain_of_owner(const mv_host_t *h, uint32_t owne
 /* The modules this library carries (lib/modules.c), installed in every host. */
 extern const struct mv_module_ops *const mv__module_table[MV_MOD_NR];
 
+/*
+ * The descriptor of a frame d owns: 0, or MV_ERANGE outside machine memory, MV_EXDEV
+ * another domain's, MV_EPERM no domain's (free, the engine's, the embedder's).
+ */
+static inline int mv__domain_frame(const mv_domain_t *d, mv_mfn_t mfn, struct mv_frame **out)
+{
+    struct mv_frame *f = mv__frame(d->h, mfn);
+    if (!f)
+        return MV_ERANGE;
+    uint32_t owner = mv__frame_owner(f);
+    if (owner != d->domid)
+        return owner <= MV_DOMID_MAX ? MV_EXDEV : MV_EPERM;
+    *out = f;
+    return 0;
+}
+
 int mv__domains_init(mv_host_t *h);
 void mv__domains_fini(mv_host_t *h);
 void mv__host_register_module(mv_host_t *h, enum mv_module id, const struct mv_module_ops *ops);

@@ -160,12 +160,10 @@ static int check_level(unsigned order, unsigned *level)
 static int check_ram_frames(mv_domain_t *d, mv_mfn_t mfn, uint64_t n, mv_gfn_t gfn)
 {
     for (uint64_t i = 0; i < n; i++) {
-        struct mv_frame *f = mv__frame(d->h, mfn + i);
-        if (!f)
-            return MV_ERANGE;
-        uint32_t owner = mv__frame_owner(f);
-        if (owner != d->domid)
-            return owner <= MV_DOMID_MAX ? MV_EXDEV : MV_EPERM;
+        struct mv_frame *f;
+        int rc = mv__domain_frame(d, mfn + i, &f);
+        if (rc)
+            return rc;
         if (!(atomic_load_explicit(&f->flags, memory_order_acquire) & MV_PGF_ALLOCATED))
             return MV_EPERM;
         uint64_t m2p = atomic_load_explicit(&f->link, memory_order_acquire);

@@ -135,6 +135,54 @@ static void update_cont(struct pv_ctx *c, const struct mv_pv_mmu_update *r, mv_m
     }
 }
 
+/*
+ * The batch loop both hypercalls share: continue (or roll back) the vCPU's open work,
+ * then items one by one under the domain's PV lock, yielding when the work budget or the
+ * deferred-put queue runs low; last references are dropped after the unlock.
+ */
+typedef void (*batch_cont_fn)(struct pv_ctx *c, const void *item, mv_mfn_t *m, unsigned *level);
+typedef int (*batch_one_fn)(struct pv_ctx *c, const void *item);
+
+static int run_batch(struct pv_ctx *c, const void *items, size_t stride, uint32_t count,
+                     uint32_t *done, batch_cont_fn cont, batch_one_fn one)
+{
+    mv_spin_lock(&c->pd->lock);
+    mv_mfn_t cm = MV_INVALID_MFN;
+    unsigned cl = 0;
+    if (count)
+        cont(c, items, &cm, &cl);
+    uint32_t i = 0;
+    int rc = mv__pv_settle(c, cm, cl);
+    for (; !rc && i < count; i++) {
+        if (i && (!c->budget || c->pd->nr_deferred + PV_DEFER_RESERVE > PV_DEFER_MAX)) {
+            rc = PV_YIELD;
+            break;
+        }
+        if ((rc = one(c, (const uint8_t *)items + (size_t)i * stride)))
+            break;
+        if (c->budget)
+            c->budget--;
+        /* An open validation the first item did not continue is rolled back now. */
+        if (c->pv->pend == PV_PEND_VALIDATE && mv__pv_settle(c, MV_INVALID_MFN, 0)) {
+            rc = PV_DONE_DEFERRED;
+            break;
+        }
+    }
+    rc = finish(c, rc, i, done);
+    unlock_and_drain(c);
+    return rc;
+}
+
+static void update_cont_item(struct pv_ctx *c, const void *item, mv_mfn_t *m, unsigned *level)
+{
+    update_cont(c, item, m, level);
+}
+
+static int one_update_item(struct pv_ctx *c, const void *item)
+{
+    return one_update(c, item);
+}
+
 MV_API int mv_pv_mmu_update(mv_vcpu_t *v, const struct mv_pv_mmu_update *reqs, uint32_t count,
                             uint32_t *done)
 {
@@ -144,31 +192,7 @@ MV_API int mv_pv_mmu_update(mv_vcpu_t *v, const struct mv_pv_mmu_update *reqs, u
         return rc;
     if (count && !reqs)
         return MV_EINVAL;
-    mv_spin_lock(&c.pd->lock);
-    mv_mfn_t cm = MV_INVALID_MFN;
-    unsigned cl = 0;
-    if (count)
-        update_cont(&c, &reqs[0], &cm, &cl);
-    uint32_t i = 0;
-    rc = mv__pv_settle(&c, cm, cl);
-    for (; !rc && i < count; i++) {
-        if (i && (!c.budget || c.pd->nr_deferred + PV_DEFER_RESERVE > PV_DEFER_MAX)) {
-            rc = PV_YIELD;
-            break;
-        }
-        if ((rc = one_update(&c, &reqs[i])))
-            break;
-        if (c.budget)
-            c.budget--;
-        /* An open validation the first item did not continue is rolled back now. */
-        if (c.pv->pend == PV_PEND_VALIDATE && mv__pv_settle(&c, MV_INVALID_MFN, 0)) {
-            rc = PV_DONE_DEFERRED;
-            break;
-        }
-    }
-    rc = finish(&c, rc, i, done);
-    unlock_and_drain(&c);
-    return rc;
+    return run_batch(&c, reqs, sizeof(*reqs), count, done, update_cont_item, one_update_item);
 }
 
 /* ---- mmuext_op ------------------------------------------------------------------------ */
@@ -301,6 +325,17 @@ static void op_cont(const struct mv_pv_mmuext_op *op, mv_mfn_t *m, unsigned *lev
     }
 }
 
+static void op_cont_item(struct pv_ctx *c, const void *item, mv_mfn_t *m, unsigned *level)
+{
+    (void)c;
+    op_cont(item, m, level);
+}
+
+static int one_op_item(struct pv_ctx *c, const void *item)
+{
+    return one_op(c, item);
+}
+
 MV_API int mv_pv_mmuext_op(mv_vcpu_t *v, const struct mv_pv_mmuext_op *ops, uint32_t count,
                            uint32_t *done)
 {
@@ -310,31 +345,7 @@ MV_API int mv_pv_mmuext_op(mv_vcpu_t *v, const struct mv_pv_mmuext_op *ops, uint
         return rc;
     if (count && !ops)
         return MV_EINVAL;
-    mv_spin_lock(&c.pd->lock);
-    mv_mfn_t cm = MV_INVALID_MFN;
-    unsigned cl = 0;
-    if (count)
-        op_cont(&ops[0], &cm, &cl);
-    uint32_t i = 0;
-    rc = mv__pv_settle(&c, cm, cl);
-    for (; !rc && i < count; i++) {
-        if (i && (!c.budget || c.pd->nr_deferred + PV_DEFER_RESERVE > PV_DEFER_MAX)) {
-            rc = PV_YIELD;
-            break;
-        }
-        if ((rc = one_op(&c, &ops[i])))
-            break;
-        if (c.budget)
-            c.budget--;
-        /* An open validation the first item did not continue is rolled back now. */
-        if (c.pv->pend == PV_PEND_VALIDATE && mv__pv_settle(&c, MV_INVALID_MFN, 0)) {
-            rc = PV_DONE_DEFERRED;
-            break;
-        }
-    }
-    rc = finish(&c, rc, i, done);
-    unlock_and_drain(&c);
-    return rc;
+    return run_batch(&c, ops, sizeof(*ops), count, done, op_cont_item, one_op_item);
 }
 
 /* ---- Settings and statistics ------------------------------------------------------------ */
