@@ -236,6 +236,44 @@ MV_API int mv_p2m_logdirty_enable(mv_domain_t *d)
     }
 }
 
+/*
+ * After logging: an L1 table whose 512 entries map 512 contiguous, aligned frames as plain
+ * ram_rw again becomes one 2 MiB leaf (KVM recovers huge pages the same way). The table
+ * leaves through the epoch scheme. Lock held, inside a range notification.
+ */
+static uint64_t collapse_tree(struct mv_p2m *p, mv_mfn_t table, unsigned lv)
+{
+    mv_ept_t *t = ept_va(p->d->h, table);
+    uint64_t n = 0;
+    for (unsigned i = 0; i < EPT_ENTRIES; i++) {
+        mv_ept_t e = ept_read(&t[i]);
+        if (!ept_is_table(e, lv))
+            continue;
+        if (lv > 1) {
+            n += collapse_tree(p, ept_mfn(e), lv - 1);
+            continue;
+        }
+        const mv_ept_t *l1 = ept_va(p->d->h, ept_mfn(e));
+        mv_mfn_t base = ept_mfn(l1[0]);
+        bool ok = !(base & (EPT_ENTRIES - 1));
+        for (unsigned j = 0; ok && j < EPT_ENTRIES; j++)
+            ok = ept_type(l1[j]) == MV_P2M_RAM_RW && !(l1[j] & EPT_SPECIAL) &&
+                 (l1[j] & EPT_RWX) == EPT_RWX && ept_mfn(l1[j]) == base + j;
+        if (!ok)
+            continue;
+        mv_ept_t leaf = ept_leaf(base, 1, MV_P2M_RAM_RW, MV_P2M_RWX, MV_P2M_MT_WB, false);
+        for (unsigned j = 0; j < EPT_ENTRIES; j++)
+            mv__p2m_account(p, l1[j], 0, -1);
+        ept_write(&t[i], leaf);
+        mv__p2m_account(p, leaf, 1, +1);
+        p->table_frames--;
+        atomic_fetch_sub_explicit(&p->d->overhead_pages, 1, memory_order_relaxed);
+        mv__epoch_retire(p->d->h, ept_mfn(e));
+        n++;
+    }
+    return n;
+}
+
 MV_API int mv_p2m_logdirty_disable(mv_domain_t *d)
 {
     if (!d || !p2m_of(d))
@@ -249,6 +287,7 @@ MV_API int mv_p2m_logdirty_disable(mv_domain_t *d)
     mv__p2m_invalidate_start(p, 0, p->max_gfn);
     p->ld_retyped += retype_tree(p, p->root, P2M_LEVELS - 1, MV_P2M_RAM_LOGDIRTY,
                                  MV_P2M_RAM_RW);
+    p->ld_collapsed += collapse_tree(p, p->root, P2M_LEVELS - 1);
     mv__p2m_invalidate_end(p, 0, p->max_gfn);
     mv_mfn_t *dir = p->ld_dir;
     uint64_t chunks = p->ld_chunks;
@@ -256,6 +295,7 @@ MV_API int mv_p2m_logdirty_disable(mv_domain_t *d)
     p->logdirty = false;
     mv_spin_unlock(&p->lock);
     free_dir(p, dir, chunks);
+    mv__epoch_reclaim(d->h, false);
     return 0;
 }
 

@@ -137,7 +137,8 @@ struct mv_p2m {
     bool logdirty;
     mv_mfn_t *ld_dir;
     uint64_t ld_chunks;
-    uint64_t ld_rounds, ld_round_dirty, ld_last_dirty, ld_retyped, ld_splits, write_faults;
+    uint64_t ld_rounds, ld_round_dirty, ld_last_dirty, ld_retyped, ld_splits, ld_collapsed;
+    uint64_t write_faults;
 
     /* Statistics (under lock). */
     uint64_t leaves[3];

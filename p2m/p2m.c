@@ -548,6 +548,7 @@ MV_API int mv_p2m_stats(const mv_domain_t *d, struct mv_p2m_stats *st)
     st->logdirty_last_round_dirty = p->ld_last_dirty;
     st->logdirty_retyped = p->ld_retyped;
     st->logdirty_splits = p->ld_splits;
+    st->logdirty_collapsed = p->ld_collapsed;
     st->write_faults = p->write_faults;
     uint64_t ram = 0;
     for (unsigned t = 0; t < MV_P2M_NR_TYPES; t++)

@@ -128,12 +128,16 @@ static void test_dirty_log_model(void **state)
     assert_true(st.logdirty_splits >= 1);
     assert_true(st.write_faults >= 30);
     assert_true(st.logdirty_rounds >= 31);
-    /* Off again: everything writable, counts exact (split superpages stay split). */
+    /* Off again: everything writable, counts exact, split superpages restored. */
+    uint64_t split = st.logdirty_splits;
     assert_int_equal(mv_p2m_logdirty_disable(d), 0);
     assert_int_equal(mv_p2m_stats(d, &st), 0);
     assert_int_equal(st.pages_by_type[MV_P2M_RAM_RW], GFNS);
     assert_int_equal(st.pages_by_type[MV_P2M_RAM_LOGDIRTY], 0);
     assert_int_equal(st.logdirty, 0);
+    assert_int_equal(st.pages_by_order[1], GFNS / 2 / 512); /* the 2 MiB half, whole again */
+    assert_true(st.logdirty_collapsed >= split);
+    assert_int_equal(look(d, 700).order, 9);
     th_assert_audit_clean(h);
     kill(d);
 }

@@ -147,7 +147,8 @@ MV_API int mv_p2m_handle_violation(mv_domain_t *d, mv_gfn_t gfn, unsigned access
 /*
  * Enable: every RAM entry becomes ram_logdirty (one listener notification for the whole
  * guest); writes fault, are marked and made writable again. MV_EALREADY when on.
- * Disable: ram_logdirty back to ram_rw, the bitmap freed. MV_EALREADY when off.
+ * Disable: ram_logdirty back to ram_rw, 2 MiB leaves restored where 512 contiguous frames
+ * allow, the bitmap freed. MV_EALREADY when off.
  * Enable and disable may race from two callers: they end in one consistent state.
  */
 MV_API int mv_p2m_logdirty_enable(mv_domain_t *d);
@@ -188,6 +189,7 @@ struct mv_p2m_stats {
     uint64_t logdirty_last_round_dirty;   /* dirty pages the last full pass found */
     uint64_t logdirty_retyped;            /* entries re-typed by enable, clean and disable */
     uint64_t logdirty_splits;             /* superpages split by log-dirty write faults */
+    uint64_t logdirty_collapsed;          /* 2 MiB leaves restored when logging ended */
     uint64_t write_faults;                /* log-dirty write faults fixed */
 };
 MV_API int mv_p2m_stats(const mv_domain_t *d, struct mv_p2m_stats *st);
