@@ -113,6 +113,21 @@ const struct mv_module_ops mv__p2m_module = {
 
 /* ---- Lookups ------------------------------------------------------------------------- */
 
+/* A leaf entry (or nothing) as the public struct. */
+static void decode_entry(mv_ept_t e, unsigned lv, mv_gfn_t gfn, struct mv_p2m_entry *out)
+{
+    if (!e || lv > 2) {
+        *out = (struct mv_p2m_entry){.mfn = MV_INVALID_MFN, .type = MV_P2M_INVALID};
+        return;
+    }
+    out->mfn = ept_mfn(e) + (gfn & ((1ull << (9 * lv)) - 1));
+    out->type = ept_type(e);
+    out->access = (unsigned)(e & EPT_RWX);
+    out->order = 9 * lv;
+    out->mtype = (unsigned)((e & EPT_MT_MASK) >> EPT_MT_SHIFT);
+    out->special = (e & EPT_SPECIAL) != 0;
+}
+
 MV_API int mv_p2m_lookup(mv_domain_t *d, mv_gfn_t gfn, struct mv_p2m_entry *out)
 {
     if (MV_UNLIKELY(!d || !out))
@@ -124,19 +139,54 @@ MV_API int mv_p2m_lookup(mv_domain_t *d, mv_gfn_t gfn, struct mv_p2m_entry *out)
     uint32_t slot = mv__epoch_enter(h);
     struct p2m_walk w;
     mv__p2m_walk(h, p, gfn, &w);
-    mv_ept_t e = w.e;
-    unsigned lv = w.level;
     mv__epoch_exit(h, slot);
-    if (!e || lv > 2) {
-        *out = (struct mv_p2m_entry){.mfn = MV_INVALID_MFN, .type = MV_P2M_INVALID};
-        return 0;
+    decode_entry(w.e, w.level, gfn, out);
+    return 0;
+}
+
+#define LOOKUP_GROUP 16u
+
+MV_API int mv_p2m_lookup_many(mv_domain_t *d, const mv_gfn_t *gfns, size_t n,
+                              struct mv_p2m_entry *out)
+{
+    if (!d || (n && (!gfns || !out)))
+        return MV_EINVAL;
+    struct mv_p2m *p = p2m_of(d);
+    if (!p || p->root == MV_INVALID_MFN)
+        return MV_ERANGE;
+    for (size_t i = 0; i < n; i++)
+        if (gfns[i] >= p->max_gfn)
+            return MV_ERANGE;
+    mv_host_t *h = d->h;
+    uint32_t slot = mv__epoch_enter(h);
+    for (size_t base = 0; base < n; base += LOOKUP_GROUP) {
+        size_t m = n - base < LOOKUP_GROUP ? n - base : LOOKUP_GROUP;
+        const mv_ept_t *t[LOOKUP_GROUP];
+        mv_ept_t e[LOOKUP_GROUP];
+        unsigned lv[LOOKUP_GROUP];
+        for (size_t i = 0; i < m; i++) {
+            t[i] = ept_va(h, p->root);
+            lv[i] = P2M_LEVELS;
+        }
+        /* Level by level across the group: the loads of one level are independent. */
+        for (unsigned level = P2M_LEVELS; level-- > 0;) {
+            for (size_t i = 0; i < m; i++) {
+                if (lv[i] != level + 1)
+                    continue; /* finished at a higher level */
+                mv_gfn_t g = gfns[base + i];
+                e[i] = ept_read(&t[i][(g >> (9 * level)) & (EPT_ENTRIES - 1)]);
+                if (ept_is_table(e[i], level)) {
+                    t[i] = ept_va(h, ept_mfn(e[i]));
+                    lv[i] = level;
+                } else {
+                    lv[i] = level + 100; /* done, at this level */
+                }
+            }
+        }
+        for (size_t i = 0; i < m; i++)
+            decode_entry(e[i], lv[i] - 100, gfns[base + i], &out[base + i]);
     }
-    out->mfn = ept_mfn(e) + (gfn & ((1ull << (9 * lv)) - 1));
-    out->type = ept_type(e);
-    out->access = (unsigned)(e & EPT_RWX);
-    out->order = 9 * lv;
-    out->mtype = (unsigned)((e & EPT_MT_MASK) >> EPT_MT_SHIFT);
-    out->special = (e & EPT_SPECIAL) != 0;
+    mv__epoch_exit(h, slot);
     return 0;
 }
 

@@ -126,6 +126,20 @@ static void test_populate_and_lookup(void **state)
     assert_int_equal(ds.pages, 1 + 512 + (1u << 18));
     assert_true(ds.overhead_pages >= st.table_frames); /* tables plus unused topup frames */
     assert_true(st.bytes_per_gib > 0);
+    /* The batched lookup answers as the single one does, holes and superpages included. */
+    struct th_rng rng = {.s = 77};
+    mv_gfn_t many[100];
+    struct mv_p2m_entry outs[100];
+    for (int i = 0; i < 100; i++)
+        many[i] = i % 3 == 0 ? th_rand_below(&rng, 1024) : (1ull << 18) + th_rand_below(&rng, 1u << 18);
+    assert_int_equal(mv_p2m_lookup_many(d, many, 100, outs), 0);
+    for (int i = 0; i < 100; i++) {
+        struct mv_p2m_entry one = look(d, many[i]);
+        assert_memory_equal(&one, &outs[i], sizeof(one));
+    }
+    many[50] = 1ull << 28;
+    assert_int_equal(mv_p2m_lookup_many(d, many, 100, outs), MV_ERANGE);
+    assert_int_equal(mv_p2m_lookup_many(d, NULL, 3, outs), MV_EINVAL);
     /* Populated memory reads zero. */
     const uint64_t *p = mv_frame_va(h, b.mfn);
     for (unsigned i = 0; i < MV_PAGE_SIZE / 8; i++)

@@ -59,6 +59,14 @@ struct mv_p2m_entry {
 MV_API int mv_p2m_lookup(mv_domain_t *d, mv_gfn_t gfn, struct mv_p2m_entry *e);
 
 /*
+ * Translate many gfns at once (grant copies, migration, an emulator's bulk access): the
+ * walks are interleaved so that their memory accesses overlap. out[i] answers gfns[i] as
+ * mv_p2m_lookup would. MV_ERANGE (and nothing filled) if any gfn is beyond the width.
+ */
+MV_API int mv_p2m_lookup_many(mv_domain_t *d, const mv_gfn_t *gfns, size_t n,
+                              struct mv_p2m_entry *out);
+
+/*
  * Map [gfn, gfn + 2^order) to [mfn, ...) with a type and rights (order 0, 9 or 18, both
  * aligned). RAM types take frames the domain owns and holds unmapped (allocated, m2p
  * invalid): the entry takes over their allocation reference. Whatever was mapped there is
