@@ -30,6 +30,7 @@
 #include <memvirt/memvirt.h>
 
 #include "bench.h"
+#include "fixture.h"
 
 #define GIB (1ull << 30)
 #define GFNS_PER_GIB (GIB >> MV_PAGE_SHIFT)
@@ -70,14 +71,7 @@ static void fixture_fini(void)
     if (!fx.host)
         return;
     mv_domain_t *doms[] = {fx.d4k, fx.d2m, fx.dio};
-    for (size_t i = 0; i < 3; i++) {
-        int rc;
-        while (doms[i] && (rc = mv_domain_destroy(doms[i])) == MV_EAGAIN)
-            ;
-    }
-    if (mv_host_audit(fx.host, NULL))
-        mvb_report_failure("p2m", "audit not clean at exit");
-    mv_host_destroy(fx.host);
+    mvb_fixture_teardown("p2m", fx.host, doms, 3);
     free(fx.flat);
     fx.host = NULL;
 }

@@ -21,6 +21,7 @@
 #include <memvirt/memvirt.h>
 
 #include "bench.h"
+#include "fixture.h"
 
 #define PTE_TABLE (MV_PTE_P | MV_PTE_RW | MV_PTE_US | MV_PTE_A)
 
@@ -76,16 +77,7 @@ static void upd_teardown(void *user, int threads)
 {
     struct upd_bench *b = user;
     (void)threads;
-    if (b->dom) {
-        int rc;
-        while ((rc = mv_domain_destroy(b->dom)) == MV_EAGAIN)
-            ;
-        if (rc)
-            mvb_report_failure(b->name, mv_strerror_name(rc));
-    }
-    if (b->host && mv_host_audit(b->host, NULL))
-        mvb_report_failure(b->name, "audit not clean");
-    mv_host_destroy(b->host);
+    mvb_fixture_teardown(b->name, b->host, &b->dom, 1);
     b->host = NULL;
     b->dom = NULL;
 }
@@ -172,16 +164,7 @@ static void pin_teardown(void *user, int threads)
 {
     struct pin_bench *b = user;
     (void)threads;
-    if (b->dom) {
-        int rc;
-        while ((rc = mv_domain_destroy(b->dom)) == MV_EAGAIN)
-            ;
-        if (rc)
-            mvb_report_failure("pv/pin_l4_1g", mv_strerror_name(rc));
-    }
-    if (b->host && mv_host_audit(b->host, NULL))
-        mvb_report_failure("pv/pin_l4_1g", "audit not clean");
-    mv_host_destroy(b->host);
+    mvb_fixture_teardown("pv/pin_l4_1g", b->host, &b->dom, 1);
     b->host = NULL;
     b->dom = NULL;
 }

@@ -13,6 +13,7 @@
 #include <memvirt/memvirt.h>
 
 #include "bench.h"
+#include "fixture.h"
 
 #define REF_FRAMES_PER_THREAD 1024u
 #define REF_MAX_THREADS 2
@@ -51,16 +52,7 @@ static void ref_teardown(void *user, int threads)
 {
     struct ref_bench *b = user;
     (void)threads;
-    if (b->dom) {
-        int rc;
-        while ((rc = mv_domain_destroy(b->dom)) == MV_EAGAIN)
-            ;
-        if (rc)
-            mvb_report_failure(b->name, mv_strerror_name(rc));
-    }
-    if (b->host && mv_host_audit(b->host, NULL))
-        mvb_report_failure(b->name, "audit not clean");
-    mv_host_destroy(b->host);
+    mvb_fixture_teardown(b->name, b->host, &b->dom, 1);
     b->host = NULL;
     b->dom = NULL;
 }
