@@ -1,0 +1,297 @@
+/*
+ * sim/machine.c - the simulated machine: the wrapped posix platform, its TLB-flush hook,
+ * and the registry of hardware vCPUs.
+ *
+ * The flush hook runs under engine locks and must not call into the engine: it only
+ * looks up the named vCPUs in the registry and invalidates their TLBs. The registry is
+ * changed only by mv_sim_attach/detach, on the simulator's one thread.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "sim-internal.h"
+
+static struct mv_sim *sim_of(const struct mv_platform *p)
+{
+    return (struct mv_sim *)(void *)p; /* p is the first member */
+}
+
+static void flush_vcpu(struct mv_sim_vcpu *sv, const struct mv_flush_request *req)
+{
+    switch (req->scope) {
+    case MV_FLUSH_LINEAR_ONE:
+        sv->st.flushes_one++;
+        mv__sim_tlb_flush_one(sv, req->linear);
+        break;
+    case MV_FLUSH_LINEAR_ALL:
+        sv->st.flushes_linear++;
+        mv__sim_tlb_flush_all(sv, false);
+        break;
+    case MV_FLUSH_GUEST_PHYS:
+        /* The TLB holds combined translations: every one derives from the EPT. PV
+         * vCPUs never walk the p2m, so they keep theirs. */
+        sv->st.flushes_gphys++;
+        if (sv->hap)
+            mv__sim_tlb_flush_all(sv, false);
+        break;
+    default:
+        sv->st.flushes_linear++;
+        mv__sim_tlb_flush_all(sv, false);
+        break;
+    }
+}
+
+static void sim_tlb_flush(const struct mv_platform *p, const struct mv_flush_request *req)
+{
+    struct mv_sim *s = sim_of(p);
+    s->flush_requests++;
+    if (s->drop_flushes)
+        return;
+    for (uint32_t i = 0; i < s->nr_doms; i++) {
+        struct sim_dom *sd = &s->doms[i];
+        if (req->domid != MV_DOMID_ALL && req->domid != sd->domid)
+            continue;
+        for (uint32_t k = 0; k < sd->nr; k++) {
+            bool named = req->domid == MV_DOMID_ALL ||
+                         (k < req->nr_vcpus && ((req->vcpu_mask[k / 64] >> (k % 64)) & 1));
+            if (named && sd->v[k])
+                flush_vcpu(sd->v[k], req);
+        }
+    }
+}
+
+int mv_sim_create(const struct mv_sim_config *cfg, mv_sim_t **out)
+{
+    if (!cfg || !out || cfg->size < sizeof(*cfg) || cfg->mem_bytes < (2u << 20))
+        return MV_EINVAL;
+    *out = NULL;
+    struct mv_posix_config pc = {.size = sizeof(pc), .mem_bytes = cfg->mem_bytes,
+                                 .topology = cfg->topology ? cfg->topology
+                                                           : "pack:1 numa:1 core:1 pu:1"};
+    struct mv_platform *posix = NULL;
+    int rc = mv_posix_platform_create(&pc, &posix);
+    if (rc)
+        return rc;
+    struct mv_sim *s = calloc(1, sizeof(*s));
+    if (!s) {
+        mv_posix_platform_destroy(posix);
+        return MV_ENOMEM;
+    }
+    s->p = *posix;
+    s->posix = posix;
+    s->p.tlb_flush = sim_tlb_flush;
+    struct mv_host_config hc = {.size = sizeof(hc), .mem_bytes = cfg->mem_bytes,
+                                .platform = &s->p};
+    rc = mv_host_create(&hc, &s->h);
+    if (rc) {
+        mv_posix_platform_destroy(posix);
+        free(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+void mv_sim_destroy(mv_sim_t *s)
+{
+    if (!s)
+        return;
+    while (s->nr_doms)
+        mv_sim_detach(s, s->doms[0].d);
+    free(s->doms);
+    mv_host_destroy(s->h);
+    mv_posix_platform_destroy(s->posix);
+    free(s);
+}
+
+mv_host_t *mv_sim_host(const mv_sim_t *s)
+{
+    return s ? s->h : NULL;
+}
+
+void mv_sim_drop_flushes(mv_sim_t *s, bool on)
+{
+    s->drop_flushes = on;
+}
+
+uint64_t mv_sim_flush_requests(const mv_sim_t *s)
+{
+    return s->flush_requests;
+}
+
+static struct sim_dom *find_dom(mv_sim_t *s, const mv_domain_t *d)
+{
+    for (uint32_t i = 0; i < s->nr_doms; i++)
+        if (s->doms[i].d == d)
+            return &s->doms[i];
+    return NULL;
+}
+
+int mv_sim_attach(mv_sim_t *s, mv_domain_t *d)
+{
+    if (!s || !d)
+        return MV_EINVAL;
+    if (find_dom(s, d))
+        return MV_EEXIST;
+    struct mv_domain_stats ds = {.size = sizeof(ds)};
+    int rc = mv_domain_stats(d, &ds);
+    if (rc)
+        return rc;
+    if (s->nr_doms == s->cap_doms) {
+        uint32_t cap = s->cap_doms ? 2 * s->cap_doms : 8;
+        struct sim_dom *nd = realloc(s->doms, cap * sizeof(*nd));
+        if (!nd)
+            return MV_ENOMEM;
+        s->doms = nd;
+        s->cap_doms = cap;
+    }
+    struct sim_dom sd = {.d = d, .domid = ds.domid, .nr = ds.nr_vcpus};
+    sd.v = calloc(ds.nr_vcpus, sizeof(*sd.v));
+    if (!sd.v)
+        return MV_ENOMEM;
+    for (uint32_t i = 0; i < ds.nr_vcpus; i++) {
+        struct mv_sim_vcpu *sv = aligned_alloc(64, sizeof(*sv));
+        if (!sv) {
+            while (i--)
+                free(sd.v[i]);
+            free(sd.v);
+            return MV_ENOMEM;
+        }
+        memset(sv, 0, sizeof(*sv));
+        sv->s = s;
+        sv->v = mv_domain_vcpu(d, i);
+        sv->d = d;
+        sv->h = s->h;
+        sv->domid = ds.domid;
+        sv->idx = i;
+        sv->hap = ds.paging == MV_PAGING_HAP;
+        sv->root_override = MV_INVALID_MFN;
+        sv->seen_root = UINT64_MAX;
+        sd.v[i] = sv;
+    }
+    s->doms[s->nr_doms++] = sd;
+    return 0;
+}
+
+int mv_sim_detach(mv_sim_t *s, mv_domain_t *d)
+{
+    struct sim_dom *sd = s ? find_dom(s, d) : NULL;
+    if (!sd)
+        return MV_ENOENT;
+    for (uint32_t i = 0; i < sd->nr; i++)
+        free(sd->v[i]);
+    free(sd->v);
+    *sd = s->doms[--s->nr_doms];
+    return 0;
+}
+
+mv_sim_vcpu_t *mv_sim_vcpu(mv_sim_t *s, mv_domain_t *d, uint32_t idx)
+{
+    struct sim_dom *sd = s ? find_dom(s, d) : NULL;
+    return sd && idx < sd->nr ? sd->v[idx] : NULL;
+}
+
+mv_vcpu_t *mv_sim_vcpu_engine(const mv_sim_vcpu_t *sv)
+{
+    return sv->v;
+}
+
+void mv_sim_vcpu_stats(const mv_sim_vcpu_t *sv, struct mv_sim_vcpu_stats *st)
+{
+    *st = sv->st;
+}
+
+/* ---- TLB ---------------------------------------------------------------------------------- */
+
+static unsigned size_shift(unsigned size)
+{
+    return 12 + 9 * size;
+}
+
+uint64_t mv__sim_tlbe_va(unsigned size, const struct sim_tlbe *e)
+{
+    return mv__sim_canon(e->tag << size_shift(size));
+}
+
+static struct sim_tlbe *set_of(struct mv_sim_vcpu *sv, uint64_t va, unsigned size,
+                               uint64_t *tag)
+{
+    *tag = (va & 0x0000ffffffffffffull) >> size_shift(size);
+    return sv->tlb.e[size][*tag % SIM_TLB_SETS];
+}
+
+struct sim_tlbe *mv__sim_tlb_find(struct mv_sim_vcpu *sv, uint64_t va)
+{
+    for (unsigned size = 0; size < SIM_TLB_SIZES; size++) {
+        uint64_t tag;
+        struct sim_tlbe *set = set_of(sv, va, size, &tag);
+        for (unsigned w = 0; w < SIM_TLB_WAYS; w++)
+            if (set[w].valid && set[w].tag == tag)
+                return &set[w];
+    }
+    return NULL;
+}
+
+struct sim_tlbe *mv__sim_tlb_victim(struct mv_sim_vcpu *sv, uint64_t va, unsigned size)
+{
+    uint64_t tag;
+    struct sim_tlbe *set = set_of(sv, va, size, &tag);
+    for (unsigned w = 0; w < SIM_TLB_WAYS; w++)
+        if (!set[w].valid)
+            return &set[w];
+    uint8_t *next = &sv->tlb.next[size][tag % SIM_TLB_SETS];
+    struct sim_tlbe *e = &set[*next];
+    *next = (uint8_t)((*next + 1) % SIM_TLB_WAYS);
+    return e;
+}
+
+void mv__sim_tlb_flush_one(struct mv_sim_vcpu *sv, uint64_t va)
+{
+    for (unsigned size = 0; size < SIM_TLB_SIZES; size++) {
+        uint64_t tag;
+        struct sim_tlbe *set = set_of(sv, va, size, &tag);
+        for (unsigned w = 0; w < SIM_TLB_WAYS; w++)
+            if (set[w].tag == tag)
+                set[w].valid = 0;
+    }
+}
+
+void mv__sim_tlb_flush_all(struct mv_sim_vcpu *sv, bool keep_global)
+{
+    struct sim_tlbe *e = &sv->tlb.e[0][0][0];
+    size_t n = SIM_TLB_SIZES * SIM_TLB_SETS * SIM_TLB_WAYS;
+    for (size_t i = 0; i < n; i++)
+        if (!keep_global || !(e[i].flags & TLBF_G))
+            e[i].valid = 0;
+}
+
+void mv_sim_invlpg(mv_sim_vcpu_t *sv, uint64_t va)
+{
+    mv__sim_tlb_flush_one(sv, va);
+}
+
+void mv_sim_flush_tlb(mv_sim_vcpu_t *sv)
+{
+    mv__sim_tlb_flush_all(sv, false);
+}
+
+void mv_sim_set_root_override(mv_sim_vcpu_t *sv, mv_mfn_t l4)
+{
+    sv->root_override = l4;
+    mv__sim_tlb_flush_all(sv, false);
+    sv->seen_root = UINT64_MAX;
+}
+
+int mv_sim_set_cr3(mv_sim_vcpu_t *sv, uint64_t cr3)
+{
+    struct mv_vcpu_state st = {.size = sizeof(st)};
+    int rc = mv_vcpu_get_state(sv->v, &st);
+    if (rc)
+        return rc;
+    st.cr3 = cr3;
+    if ((rc = mv_vcpu_set_state(sv->v, &st)))
+        return rc;
+    mv__sim_tlb_flush_all(sv, (st.cr4 & MV_CR4_PGE) != 0);
+    sv->seen_root = sv->v->guest_table;
+    return 0;
+}

@@ -1,0 +1,239 @@
+/*
+ * sim/sim.h - the test bench's hardware: a vCPU with a software MMU, its TLB, the oracle,
+ * and real guest-memory image import. Used by tests/, perf/ and tools/ (memvirt-sim); not
+ * part of libmemvirt and never installed.
+ *
+ * The simulator owns the host it runs: mv_sim_create builds the posix platform, wraps it
+ * (a copy of its struct with the tlb_flush hook replaced, as tests/harness.c does) and
+ * creates the host on it. Domains are the engine's; mv_sim_attach gives every vCPU of a
+ * domain a hardware vCPU (mv_sim_vcpu_t) that walks tables exactly as an x86-64 MMU does:
+ *
+ *  - PV:  the guest's machine-address tables from the vCPU's base pointer (the user one
+ *         for user-mode accesses when the guest has set one);
+ *  - HAP: a two-dimensional walk: every guest table entry is read at a guest-physical
+ *         address translated through the EPT-format p2m tables from mv_p2m_root(); EPT
+ *         violations go to mv_p2m_handle_violation and the access is retried when the
+ *         engine fixed it. Setting an A/D bit is a write: it needs EPT write permission
+ *         (the engine's write-fault path marks the page dirty while logging).
+ *
+ * The TLB is set-associative, one array per page size, tagged by the linear address; a
+ * hit serves the access when the cached rights allow it (and, for a write, the cached
+ * entry is dirty), otherwise the entry is dropped and the walk redone. Invalidation: the
+ * guest's INVLPG and CR3 writes (mv_sim_invlpg, mv_sim_set_cr3; global entries survive
+ * CR3 writes when CR4.PGE is set) and the engine's flush hook. A change of the vCPU's root
+ * (CR3 or PV base pointer) or control registers made behind the simulator's back is seen
+ * at the next access and treated as the corresponding CR write.
+ *
+ * The oracle (mv_sim_oracle) is a separate, deliberately simple walker: HVM guest tables
+ * by gfn through mv_p2m_lookup, PV machine tables with every frame checked against the
+ * domain, the p2m and the m2p. It predicts the outcome of an access after the engine has
+ * handled what it handles (a write to a log-dirty page reaches its frame). It is valid
+ * where x86 says translations must agree: after the guest's own invalidations.
+ * mv_sim_tlb_check tells legal stale TLB entries (the guest changed a table entry on the
+ * entry's walk and has not flushed yet) from bugs (rights or frame changed underneath by
+ * the engine without a flush, or a frame that left the domain or changed type).
+ *
+ * Concurrency: one thread drives a simulator; many vCPUs are interleaved on it
+ * deterministically. The flush hook may be called from any engine path on that thread.
+ */
+#ifndef MEMVIRT_SIM_H
+#define MEMVIRT_SIM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <memvirt/memvirt.h>
+
+typedef struct mv_sim mv_sim_t;
+typedef struct mv_sim_vcpu mv_sim_vcpu_t;
+
+/* ---- The simulated machine --------------------------------------------------------------- */
+
+struct mv_sim_config {
+    size_t size;          /* sizeof(struct mv_sim_config) */
+    uint64_t mem_bytes;   /* machine memory */
+    const char *topology; /* posix topology description; NULL: one node */
+};
+
+/* 0, MV_EINVAL, or what the platform or host creation returned. */
+int mv_sim_create(const struct mv_sim_config *cfg, mv_sim_t **out);
+/* Detaches every vCPU and destroys the host and the platform (domains must be gone). */
+void mv_sim_destroy(mv_sim_t *s);
+mv_host_t *mv_sim_host(const mv_sim_t *s);
+
+/* Test hook: while on, the flush hook counts requests and drops them (a broken flush). */
+void mv_sim_drop_flushes(mv_sim_t *s, bool on);
+/* Flush requests the engine made through the hook so far. */
+uint64_t mv_sim_flush_requests(const mv_sim_t *s);
+
+/* Hardware vCPUs for every vCPU of d. MV_EEXIST attached already, MV_ENOMEM. */
+int mv_sim_attach(mv_sim_t *s, mv_domain_t *d);
+/* Forget d's hardware vCPUs (before or right after destroying d). MV_ENOENT. */
+int mv_sim_detach(mv_sim_t *s, mv_domain_t *d);
+mv_sim_vcpu_t *mv_sim_vcpu(mv_sim_t *s, mv_domain_t *d, uint32_t idx);
+mv_vcpu_t *mv_sim_vcpu_engine(const mv_sim_vcpu_t *sv);
+
+/* ---- Accesses ---------------------------------------------------------------------------- */
+
+enum mv_sim_op { MV_SIM_READ = 0, MV_SIM_WRITE = 1, MV_SIM_FETCH = 2 };
+
+/* Access attributes */
+#define MV_SIM_USER 0x1u     /* CPL 3 */
+#define MV_SIM_AC 0x2u       /* EFLAGS.AC set (SMAP lets explicit supervisor accesses through) */
+#define MV_SIM_IMPLICIT 0x4u /* implicit supervisor access (descriptor tables, ...): never user */
+
+/* What an access ends in. */
+enum mv_sim_kind {
+    MV_SIM_OK = 0,          /* the frame was reached */
+    MV_SIM_PAGE_FAULT,      /* #PF injected into the guest, with error_code */
+    MV_SIM_GP_FAULT,        /* #GP: non-canonical address */
+    MV_SIM_EPT_MMIO,        /* device memory: the access is emulated (gpa) */
+    MV_SIM_EPT_HOLE,        /* nothing mapped at gpa: the guest touched a hole */
+    MV_SIM_EPT_DENIED,      /* the p2m forbids it (e.g. a write to ram_ro) */
+    MV_SIM_EPT_MISCONFIG,   /* a malformed EPT entry: an engine bug */
+    MV_SIM_BAD_FRAME,       /* a frame outside machine memory, or (oracle) not the domain's */
+    MV_SIM_ENGINE_ERROR,    /* the engine's fault handler failed (rc) or never converged */
+    MV_SIM_NR_KINDS
+};
+
+/* Page-fault error code bits */
+#define MV_SIM_PF_P 0x1u
+#define MV_SIM_PF_W 0x2u
+#define MV_SIM_PF_U 0x4u
+#define MV_SIM_PF_RSVD 0x8u
+#define MV_SIM_PF_ID 0x10u
+
+struct mv_sim_result {
+    uint32_t kind;       /* enum mv_sim_kind */
+    uint32_t error_code; /* MV_SIM_PAGE_FAULT */
+    int rc;              /* MV_SIM_ENGINE_ERROR: the engine's code */
+    uint32_t order;      /* MV_SIM_OK: order of the guest's leaf (0, 9, 18) */
+    mv_mfn_t mfn;        /* MV_SIM_OK: the 4 KiB machine frame reached */
+    uint64_t addr;       /* HVM: guest-physical address reached or faulting; PV: machine */
+};
+
+const char *mv_sim_kind_name(uint32_t kind);
+/* Same outcome: kind, and the frame (OK), error code (#PF), page (EPT) or code (error). */
+bool mv_sim_same(const struct mv_sim_result *a, const struct mv_sim_result *b);
+
+/* Translate va for an access through the TLB and the tables. Returns r->kind. */
+uint32_t mv_sim_translate(mv_sim_vcpu_t *sv, uint64_t va, uint32_t op, uint32_t flags,
+                          struct mv_sim_result *r);
+/*
+ * Copy len bytes from (READ, FETCH) or to (WRITE) guest-linear memory through the vCPU,
+ * page by page. MV_SIM_OK, or the kind that stopped it (*r tells more; bytes before it
+ * were copied).
+ */
+uint32_t mv_sim_rw(mv_sim_vcpu_t *sv, uint64_t va, void *buf, size_t len, uint32_t op,
+                   uint32_t flags, struct mv_sim_result *r);
+
+/* The guest's instructions. */
+void mv_sim_invlpg(mv_sim_vcpu_t *sv, uint64_t va);
+/* HVM: MOV to CR3 (through mv_vcpu_set_state); non-global entries go. 0 or its error. */
+int mv_sim_set_cr3(mv_sim_vcpu_t *sv, uint64_t cr3);
+/* Every entry goes (as toggling CR4.PGE does). */
+void mv_sim_flush_tlb(mv_sim_vcpu_t *sv);
+/* Test hook for PV: walk from this L4 frame instead of the base pointers (MV_INVALID_MFN: off). */
+void mv_sim_set_root_override(mv_sim_vcpu_t *sv, mv_mfn_t l4);
+
+struct mv_sim_vcpu_stats {
+    uint64_t accesses, tlb_hits, walks, ept_violations, page_faults, ad_updates;
+    uint64_t flushes_one, flushes_linear, flushes_gphys;
+};
+void mv_sim_vcpu_stats(const mv_sim_vcpu_t *sv, struct mv_sim_vcpu_stats *st);
+
+/* ---- The oracle ---------------------------------------------------------------------------- */
+
+/* The outcome the access must have (current tables, after the engine's own handling). */
+uint32_t mv_sim_oracle(mv_sim_vcpu_t *sv, uint64_t va, uint32_t op, uint32_t flags,
+                       struct mv_sim_result *r);
+
+/*
+ * Read, write (the bytes read written back) and fetch at va through the vCPU and through
+ * the oracle; returns the number of the three that differ (0..3) and, when a pair differs,
+ * the first one in vcpu[0]/oracle[0] (either may be NULL).
+ */
+unsigned mv_sim_verify_page(mv_sim_vcpu_t *sv, uint64_t va, uint32_t flags,
+                            struct mv_sim_result *vcpu, struct mv_sim_result *oracle);
+
+struct mv_sim_tlb_report {
+    uint64_t entries;     /* valid entries checked */
+    uint64_t stale_legal; /* differ from the tables, but the guest changed their walk */
+    uint64_t violations;  /* differ with the guest's tables unchanged, or frame misuse */
+    uint64_t first_va;    /* of the first violation */
+    const char *first_what;
+};
+/* Check every TLB entry of the vCPU against the tables. 0, or MV_EUCLEAN on violations. */
+int mv_sim_tlb_check(mv_sim_vcpu_t *sv, struct mv_sim_tlb_report *rep);
+
+/*
+ * Walk the guest tables of an HVM domain from root_gfn as the oracle does, rights
+ * ignored: 0 with the gfn va maps to, MV_ENOENT not mapped, MV_EFAULT a table outside RAM.
+ */
+int mv_sim_gva_to_gfn(mv_domain_t *d, mv_gfn_t root_gfn, uint64_t va, mv_gfn_t *gfn);
+
+/* ---- Real images --------------------------------------------------------------------------- */
+
+/* Page-table statistics with the counting rules of shared/corpus/README.md. */
+struct mv_sim_image_stats {
+    uint64_t bytes;      /* guest RAM (gpa 0 .. bytes) */
+    uint64_t roots;
+    uint64_t tables[4];  /* [0] L1 .. [3] L4 */
+    uint64_t leaves[3];  /* [0] 4 KiB, [1] 2 MiB, [2] 1 GiB */
+    uint64_t pages4k;
+};
+
+struct mv_sim_image {
+    mv_domain_t *d;
+    uint64_t pages;       /* guest RAM frames, gfn 0 .. pages - 1 */
+    uint64_t cr3;         /* as masked */
+    uint64_t nr_roots;
+    mv_gfn_t *roots;      /* ascending, the CR3 frame among them */
+    struct mv_sim_image_stats st;
+    uint8_t **va;         /* [pages] host address of each guest frame */
+};
+
+struct mv_sim_image_config {
+    size_t size;          /* sizeof(struct mv_sim_image_config) */
+    const char *path;     /* raw dump, or zstd-compressed (detected by its magic) */
+    uint64_t cr3;         /* low 12 bits and bit 63 are masked */
+    uint32_t domid;
+    uint32_t paging;      /* MV_PAGING_HAP (MV_PAGING_SHADOW: MV_EOPNOTSUPP for now) */
+    uint32_t phys_bits;   /* 0: 40 */
+    bool gbpages;         /* offer 1 GiB pages to the guest */
+};
+
+/*
+ * Guest RAM bytes an image holds (the zstd header's content size, or a counting pass when
+ * the header does not say). 0 or an error with a message in err.
+ */
+int mv_sim_image_size(const char *path, uint64_t *bytes, char *err, size_t errlen);
+/*
+ * Build an HVM domain holding the image, attached to the simulator, with the control state
+ * of a 64-bit Linux guest; find the roots and compute the statistics. On error nothing is
+ * left behind and err says why: MV_EIO unreadable, MV_EINVAL malformed image or CR3,
+ * MV_ENOMEM, or the engine's error.
+ */
+int mv_sim_image_import(mv_sim_t *s, const struct mv_sim_image_config *cfg,
+                        struct mv_sim_image **out, char *err, size_t errlen);
+/* Detach, destroy the domain, free. */
+void mv_sim_image_free(mv_sim_t *s, struct mv_sim_image *img);
+
+/* Progress callback: done of total pages; return non-zero to stop. */
+typedef int (*mv_sim_progress_fn)(void *ctx, uint64_t done, uint64_t total);
+/*
+ * --verify: every mapped 4 KiB page of every root that lies in guest RAM, read, written
+ * back and fetched through the vCPU and the oracle. *verified pages, *mismatches pages with
+ * at least one differing access. 0, or MV_EAGAIN when the callback stopped it.
+ */
+int mv_sim_image_verify(mv_sim_t *s, struct mv_sim_image *img, mv_sim_progress_fn cb,
+                        void *ctx, uint64_t *verified, uint64_t *mismatches);
+/*
+ * The corpus's guest-side listing (MAP pid vaddr pfn perms): pair each process with the
+ * root that translates most of its lines, count the lines that translate exactly.
+ */
+int mv_sim_image_check_maps(const struct mv_sim_image *img, const char *path, uint64_t *ok,
+                            uint64_t *total, char *err, size_t errlen);
+
+#endif
