@@ -234,7 +234,8 @@ static int walk(struct mv_sim_vcpu *sv, uint64_t root, uint64_t va, uint32_t op,
             fva = mv__sim_frame(h, ea >> MV_PAGE_SHIFT);
         }
         if (!fva) {
-            r->kind = MV_SIM_BAD_FRAME;
+            /* Under HAP, an EPT leaf outside machine memory is a device (mmio_direct). */
+            r->kind = sv->hap ? MV_SIM_EPT_MMIO : MV_SIM_BAD_FRAME;
             r->addr = ea;
             return WALK_DONE;
         }
@@ -272,6 +273,11 @@ static int walk(struct mv_sim_vcpu *sv, uint64_t root, uint64_t va, uint32_t op,
             return st;
         mfn = er.mfn;
         erights = er.rights;
+        if (!mv__sim_frame(h, mfn)) {
+            r->kind = MV_SIM_EPT_MMIO; /* device memory passed through: emulated here */
+            r->addr = pa;
+            return WALK_DONE;
+        }
         if (er.order / 9 < size)
             size = er.order / 9;
     } else {
