@@ -168,6 +168,7 @@ void mvb_register_mm(void);
 void mvb_register_ref(void);
 void mvb_register_pv(void);
 void mvb_register_p2m(void);
+void mvb_register_sim(void);
 
 #ifdef __cplusplus
 }
