@@ -150,14 +150,13 @@ int mv_sim_attach(mv_sim_t *s, mv_domain_t *d)
     if (!sd.v)
         return MV_ENOMEM;
     for (uint32_t i = 0; i < ds.nr_vcpus; i++) {
-        struct mv_sim_vcpu *sv = aligned_alloc(64, sizeof(*sv));
+        struct mv_sim_vcpu *sv = calloc(1, sizeof(*sv));
         if (!sv) {
             while (i--)
                 free(sd.v[i]);
             free(sd.v);
             return MV_ENOMEM;
         }
-        memset(sv, 0, sizeof(*sv));
         sv->s = s;
         sv->v = mv_domain_vcpu(d, i);
         sv->d = d;
