@@ -403,6 +403,8 @@ MV_API int mv_vcpu_set_state(mv_vcpu_t *v, const struct mv_vcpu_state *ust)
     if (addr >> v->d->phys_bits)
         return MV_EINVAL;
     v->state = st;
-    v->guest_table = st.cr3 & ~0xfffull & ~(1ull << 63);
+    /* HVM: the guest's CR3. A PV vCPU's base pointers move only through the PV ops. */
+    if (v->d->type == MV_DOMAIN_HVM)
+        v->guest_table = st.cr3 & ~0xfffull & ~(1ull << 63);
     return 0;
 }

@@ -185,7 +185,13 @@ static void pending_process(mv_host_t *h, struct mv_heap_node *n, uint32_t list,
     uint64_t run_start = 0, run_len = 0;
     for (uint32_t idx = list; idx != MV_IDX_NIL; idx = link_next(&n->ft[idx])) {
         uint64_t len = 1ull << mv__pgf_order(flags_get(&n->ft[idx]));
+        /* Neighbours merge into one call whichever way the queue lists them. */
         if (run_len && run_start + run_len == idx) {
+            run_len += len;
+            continue;
+        }
+        if (run_len && idx + len == run_start) {
+            run_start = idx;
             run_len += len;
             continue;
         }

@@ -145,8 +145,12 @@ static uint64_t retype_tree(struct mv_p2m *p, mv_mfn_t table, unsigned lv, unsig
         mv_ept_t e = ept_read(&t[i]);
         if (ept_is_table(e, lv)) {
             n += retype_tree(p, ept_mfn(e), lv - 1, from, to);
-        } else if (e && lv <= 2 && ept_type(e) == from) {
-            mv_ept_t ne = ept_leaf(ept_mfn(e), lv, to, MV_P2M_RWX, MV_P2M_MT_WB,
+        } else if (e && lv <= 2 && ept_type(e) == from &&
+                   (from != MV_P2M_RAM_RW || (e & EPT_W))) {
+            /* Keep the entry's own narrowing: only W comes and goes with log-dirty (a
+             * ram_rw entry without W cannot be written and needs no tracking). */
+            unsigned keep = (unsigned)(e & EPT_RWX) | (to == MV_P2M_RAM_RW ? MV_P2M_W : 0);
+            mv_ept_t ne = ept_leaf(ept_mfn(e), lv, to, keep, MV_P2M_MT_WB,
                                    (e & EPT_SPECIAL) != 0);
             mv__p2m_account(p, e, lv, -1);
             ept_write(&t[i], ne);
@@ -330,8 +334,10 @@ MV_API int mv_p2m_write_fault(mv_domain_t *d, mv_gfn_t gfn)
     struct mv_p2m_entry e;
     mv_p2m_lookup(d, gfn, &e);
     int rc = classify_write(e.type);
-    if (rc || e.type == MV_P2M_RAM_RW)
+    if (rc)
         return rc;
+    if (e.type == MV_P2M_RAM_RW) /* writable: a stale translation; narrowed: refused */
+        return (e.access & MV_P2M_W) ? 0 : MV_EACCES;
     if ((rc = mv__p2m_topup(p)) || (rc = mv__p2m_ld_prepare(p, gfn, 1)))
         return rc;
     mv_spin_lock(&p->lock);
@@ -340,7 +346,11 @@ MV_API int mv_p2m_write_fault(mv_domain_t *d, mv_gfn_t gfn)
     unsigned type = w.e ? ept_type(w.e) : MV_P2M_INVALID;
     if ((rc = classify_write(type)) || type == MV_P2M_RAM_RW || !mv__p2m_ld_ready(p, gfn, 1)) {
         mv_spin_unlock(&p->lock);
-        return rc ? rc : (type == MV_P2M_RAM_RW ? 0 : MV_EAGAIN);
+        if (rc)
+            return rc;
+        if (type == MV_P2M_RAM_RW)
+            return (w.e & EPT_W) ? 0 : MV_EACCES;
+        return MV_EAGAIN;
     }
     /* Splinter down to the page written: only it becomes writable. */
     while (w.level > 0) {
@@ -348,7 +358,8 @@ MV_API int mv_p2m_write_fault(mv_domain_t *d, mv_gfn_t gfn)
         p->ld_splits++;
         mv__p2m_walk(d->h, p, gfn, &w);
     }
-    mv_ept_t ne = ept_leaf(ept_mfn(w.e), 0, MV_P2M_RAM_RW, MV_P2M_RWX, MV_P2M_MT_WB,
+    mv_ept_t ne = ept_leaf(ept_mfn(w.e), 0, MV_P2M_RAM_RW,
+                           (unsigned)(w.e & EPT_RWX) | MV_P2M_W, MV_P2M_MT_WB,
                            (w.e & EPT_SPECIAL) != 0);
     mv__p2m_invalidate_start(p, gfn, 1);
     mv__p2m_mark_dirty(p, gfn, 1); /* before the entry lets the guest write (I14) */
@@ -405,8 +416,8 @@ static bool reprotect(struct mv_p2m *p, mv_gfn_t g)
     mv__p2m_walk(p->d->h, p, g, &w);
     if (!w.e || w.level > 2 || ept_type(w.e) != MV_P2M_RAM_RW)
         return false;
-    mv_ept_t ne = ept_leaf(ept_mfn(w.e), w.level, MV_P2M_RAM_LOGDIRTY, MV_P2M_RWX,
-                           MV_P2M_MT_WB, (w.e & EPT_SPECIAL) != 0);
+    mv_ept_t ne = ept_leaf(ept_mfn(w.e), w.level, MV_P2M_RAM_LOGDIRTY,
+                           (unsigned)(w.e & EPT_RWX), MV_P2M_MT_WB, (w.e & EPT_SPECIAL) != 0);
     mv__p2m_account(p, w.e, w.level, -1);
     ept_write(w.slot, ne);
     mv__p2m_account(p, ne, w.level, +1);

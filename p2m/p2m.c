@@ -71,10 +71,28 @@ static int p2m_domain_teardown(mv_domain_t *d)
         }
         mv_spin_unlock(&p->lock);
         if (ram) {
-            for (uint64_t i = 0; i < span; i++) {
-                struct mv_frame *f = mv__frame(h, first + i);
-                atomic_store_explicit(&f->link, MV_INVALID_GFN, memory_order_relaxed);
-                mv__drop_allocation(h, f);
+            /* Frames only the p2m held go back as one block (one decommit); the rest one
+             * by one, each when its last holder lets go. */
+            uint64_t claimed = 0;
+            while (claimed < span) {
+                uint32_t one = 1;
+                if (!atomic_compare_exchange_strong_explicit(&mv__frame(h, first + claimed)->count,
+                                                             &one, 0, memory_order_acq_rel,
+                                                             memory_order_relaxed))
+                    break;
+                claimed++;
+            }
+            if (claimed == span) {
+                mv__frame_release_block(h, first, 9 * w.level);
+            } else {
+                for (uint64_t i = 0; i < claimed; i++)
+                    atomic_store_explicit(&mv__frame(h, first + i)->count, 1,
+                                          memory_order_release);
+                for (uint64_t i = 0; i < span; i++) {
+                    struct mv_frame *f = mv__frame(h, first + i);
+                    atomic_store_explicit(&f->link, MV_INVALID_GFN, memory_order_relaxed);
+                    mv__drop_allocation(h, f);
+                }
             }
         }
         /* Work is entries visited and frames returned, not guest address space. */
@@ -355,7 +373,7 @@ MV_API int mv_p2m_set_entry(mv_domain_t *d, mv_gfn_t gfn, mv_mfn_t mfn, unsigned
         return rc;
     }
     /* While logging, nothing becomes writable without a fault; new content is dirty. */
-    if (p->logdirty && type == MV_P2M_RAM_RW)
+    if (p->logdirty && type == MV_P2M_RAM_RW && (access & MV_P2M_W))
         type = MV_P2M_RAM_LOGDIRTY;
     if (p2m_is_ram(type))
         mv__p2m_mark_dirty(p, gfn, n);
@@ -486,7 +504,9 @@ static int retype_range(mv_domain_t *d, mv_gfn_t first, uint64_t count, unsigned
                 mv__p2m_splinter_at(p, g, w.level);
                 continue;
             }
-            mv_ept_t ne = ept_leaf(ept_mfn(w.e), w.level, to, MV_P2M_RWX, MV_P2M_MT_WB,
+            /* The type sets the rights; an entry's own narrowing of R and X stays. */
+            unsigned keep = (unsigned)(w.e & EPT_RWX) | MV_P2M_W;
+            mv_ept_t ne = ept_leaf(ept_mfn(w.e), w.level, to, keep, MV_P2M_MT_WB,
                                    (w.e & EPT_SPECIAL) != 0);
             mv__p2m_account(p, w.e, w.level, -1);
             ept_write(w.slot, ne);

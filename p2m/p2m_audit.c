@@ -57,7 +57,7 @@ static void audit_tree(mv_host_t *h, struct mv_audit_ctx *ac, const mv_domain_t 
         if (!p2m_is_ram(type))
             continue;
         /* I14: while logging, whatever the guest may write is marked dirty. */
-        if (type == MV_P2M_RAM_RW && p->logdirty)
+        if (type == MV_P2M_RAM_RW && (x & EPT_W) && p->logdirty)
             for (uint64_t j = 0; j < span; j++)
                 if (!mv__p2m_is_dirty(p, gfn + j)) {
                     BAD(ac, "I14", "writable-but-clean", ept_mfn(x) + j, d->domid, 1, 0);

@@ -222,6 +222,13 @@ static void test_bad_input(void **state)
     assert_int_equal(mv_p2m_handle_violation(d, 9000, MV_P2M_R, &out), 0);
     assert_int_equal(out, MV_P2M_RETRY);
     assert_int_equal(mv_p2m_handle_violation(d, 9000, 0, &out), MV_EINVAL);
+    /* ram_rw whose rights were narrowed: a write is denied, not retried forever. */
+    mv_mfn_t narrow;
+    assert_int_equal(mv_domain_alloc_frames(d, 0, MV_NODE_ANY, 0, &narrow), 0);
+    assert_int_equal(mv_p2m_set_entry(d, 9050, narrow, 0, MV_P2M_RAM_RW, MV_P2M_R | MV_P2M_X), 0);
+    assert_int_equal(mv_p2m_write_fault(d, 9050), MV_EACCES);
+    assert_int_equal(mv_p2m_handle_violation(d, 9050, MV_P2M_W, &out), 0);
+    assert_int_equal(out, MV_P2M_DENIED);
 
     /* Guest-physical access: across pages; refused in full when any page is bad. */
     uint8_t buf[3 * MV_PAGE_SIZE], back[sizeof(buf)];

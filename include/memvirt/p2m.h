@@ -142,7 +142,8 @@ enum mv_p2m_outcome {
 /*
  * A write hit a write-protected entry. ram_logdirty: the page is marked dirty, its entry
  * (splintered to 4 KiB if it was a superpage) becomes ram_rw; 0. ram_rw: nothing to do
- * (a stale translation); 0. ram_ro: MV_EACCES. ram_shared: MV_EOPNOTSUPP until the sharing
+ * (a stale translation); 0 - unless the entry's rights were narrowed without W (set_entry's
+ * access mask): MV_EACCES, as for ram_ro. ram_shared: MV_EOPNOTSUPP until the sharing
  * module unshares. No RAM there: MV_ENOENT; mmio: MV_EPERM. MV_ERANGE beyond the width.
  */
 MV_API int mv_p2m_write_fault(mv_domain_t *d, mv_gfn_t gfn);
