@@ -25,8 +25,30 @@ int mv__domains_init(mv_host_t *h)
     return h->domains ? 0 : MV_ENOMEM;
 }
 
+static void domain_free_struct(mv_domain_t *d);
+
 void mv__domains_fini(mv_host_t *h)
 {
+    /*
+     * Domains still alive when the host goes: destroy them; one that outside references
+     * keep from finishing is freed anyway - its memory goes with the host.
+     */
+    for (uint32_t id = 0; h->domains && h->nr_domains && id <= MV_DOMID_MAX; id++) {
+        mv_domain_t *d = atomic_load_explicit(&h->domains[id], memory_order_acquire);
+        if (!d)
+            continue;
+        int rc;
+        while ((rc = mv_domain_destroy(d)) == MV_EAGAIN)
+            ;
+        if (rc) {
+            atomic_store_explicit(&h->domains[id], NULL, memory_order_release);
+            h->nr_domains--;
+            for (int m = MV_MOD_NR; m-- > 0;)
+                if (h->modules[m] && h->modules[m]->domain_free)
+                    h->modules[m]->domain_free(d);
+            domain_free_struct(d);
+        }
+    }
     if (h->domains)
         mv__meta_free(h, h->domains, (MV_DOMID_MAX + 1) * sizeof(*h->domains));
     h->domains = NULL;

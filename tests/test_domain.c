@@ -334,6 +334,21 @@ static void test_audit_names_breakage(void **state)
     th_host_destroy(h, tp);
 }
 
+/* A host destroyed with live domains (one held by an outside reference) frees them all. */
+static void test_host_destroy_with_live_domains(void **state)
+{
+    (void)state;
+    struct th_platform *tp;
+    mv_host_t *h = th_host_create(MEM, NULL, &tp);
+    mv_domain_t *a = make(h, 20, 512), *b = make(h, 21, 512);
+    mv_mfn_t m;
+    assert_int_equal(mv_domain_alloc_frames(a, 4, MV_NODE_ANY, 0, &m), 0);
+    assert_int_equal(mv_domain_alloc_frames(b, 0, MV_NODE_ANY, 0, &m), 0);
+    assert_int_equal(mv_page_get(b, m), 0); /* never dropped */
+    mv_host_destroy(h);                     /* ASan would report what leaked */
+    th_platform_destroy(tp);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -344,6 +359,7 @@ int main(void)
         cmocka_unit_test(test_domain_frames),
         cmocka_unit_test(test_vcpus),
         cmocka_unit_test(test_audit_names_breakage),
+        cmocka_unit_test(test_host_destroy_with_live_domains),
     };
     return cmocka_run_group_tests_name("domain", tests, NULL, NULL);
 }
