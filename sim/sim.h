@@ -236,4 +236,116 @@ int mv_sim_image_verify(mv_sim_t *s, struct mv_sim_image *img, mv_sim_progress_f
 int mv_sim_image_check_maps(const struct mv_sim_image *img, const char *path, uint64_t *ok,
                             uint64_t *total, char *err, size_t errlen);
 
+/* ---- The guest OS model (guest.c) ------------------------------------------------------------ */
+
+/*
+ * A guest kernel on a domain of its own: a guest-physical page allocator over the domain's
+ * RAM, processes with address spaces of VMAs, and real x86-64 4-level tables in guest
+ * memory. PV guests write their tables with mv_pv_mmu_update batches (machine addresses
+ * learned with mv_p2m_lookup), pin each process's L4, switch with MV_PV_NEW_BASEPTR and
+ * flush with the mmuext ops; HVM (HAP) guests store every byte, page-table entries
+ * included, through a vCPU and the kernel's direct map (2 MiB global leaves at
+ * MV_SIM_DIRECT_MAP, written once by the boot loader before paging is on). Changes that
+ * reduce a mapping are gathered (PTE writes batched, frames freed only after the
+ * shootdown), as Linux's mmu_gather does; the shootdown invalidates on every vCPU running
+ * the process. With `check`, every invalidated page is verified on every target vCPU
+ * through the vCPU and the oracle, and each target's TLB is checked.
+ *
+ * Page content is named by a 64-bit id (0: zero page; pool ids: the same bytes in every
+ * guest; unique ids); the model remembers each page's id per process and `read` compares
+ * the bytes it gets. Single-threaded.
+ */
+typedef struct mv_sim_guest mv_sim_guest_t;
+
+#define MV_SIM_DIRECT_MAP 0xffff888000000000ull
+
+/* mmap prot bits */
+#define MV_SIM_PROT_R 0x1u
+#define MV_SIM_PROT_W 0x2u
+#define MV_SIM_PROT_X 0x4u
+
+enum mv_sim_guest_op {
+    MV_SIM_GOP_MMAP = 0, MV_SIM_GOP_MUNMAP, MV_SIM_GOP_MPROTECT, MV_SIM_GOP_TOUCH,
+    MV_SIM_GOP_READ, MV_SIM_GOP_WRITE, MV_SIM_GOP_FORK, MV_SIM_GOP_EXEC, MV_SIM_GOP_EXIT,
+    MV_SIM_GOP_SWITCH, MV_SIM_GOP_SHOOTDOWN, MV_SIM_GOP_NR
+};
+enum mv_sim_guest_fault {
+    MV_SIM_GF_DEMAND = 0, /* not present: a page allocated and filled */
+    MV_SIM_GF_COW,        /* write to a shared read-only page: copied */
+    MV_SIM_GF_REUSE,      /* write to a read-only page the process alone holds: made writable */
+    MV_SIM_GF_SEGV,       /* no VMA, or the VMA forbids it */
+    MV_SIM_GF_NR
+};
+
+struct mv_sim_guest_config {
+    size_t size;        /* sizeof(struct mv_sim_guest_config) */
+    uint32_t domid;
+    uint32_t nr_vcpus;
+    bool hvm;           /* HVM with HAP; else PV */
+    uint64_t mem_pages; /* guest RAM, a multiple of 512 */
+    uint64_t seed;
+    uint32_t zero_pct;  /* content mix of new pages: zero, pool, the rest unique */
+    uint32_t pool_pct;
+    uint32_t pool_pages; /* size of the shared pool (0: 256) */
+    bool check;         /* oracle and TLB check at every invalidation */
+};
+
+struct mv_sim_guest_stats {
+    uint64_t ops[MV_SIM_GOP_NR];
+    uint64_t faults[MV_SIM_GF_NR];
+    uint64_t pages_total, pages_free, page_tables, processes;
+    uint64_t pages_zero, pages_pool, pages_unique; /* content of pages filled */
+    uint64_t checks, mismatches, tlb_violations, content_errors;
+    uint64_t errors;    /* engine calls that failed (last_error: the last code) */
+    int last_error;
+};
+
+const char *mv_sim_guest_op_name(unsigned op);
+const char *mv_sim_guest_fault_name(unsigned f);
+
+/* Create the domain, populate it, attach it, boot the kernel. 0, MV_EINVAL or the engine's. */
+int mv_sim_guest_create(mv_sim_t *s, const struct mv_sim_guest_config *cfg,
+                        mv_sim_guest_t **out);
+/* Destroy the domain (detached) and free the model. */
+void mv_sim_guest_destroy(mv_sim_guest_t *g);
+mv_domain_t *mv_sim_guest_domain(const mv_sim_guest_t *g);
+void mv_sim_guest_stats(const mv_sim_guest_t *g, struct mv_sim_guest_stats *st);
+
+/* Processes are small integers. A new one has an empty address space. */
+int mv_sim_guest_spawn(mv_sim_guest_t *g, uint32_t vcpu, int *pid);
+int mv_sim_guest_fork(mv_sim_guest_t *g, uint32_t vcpu, int pid, int *child);
+int mv_sim_guest_exec(mv_sim_guest_t *g, uint32_t vcpu, int pid);
+int mv_sim_guest_exit(mv_sim_guest_t *g, uint32_t vcpu, int pid);
+/* Context switch: vcpu runs pid (-1: the idle kernel tables). */
+int mv_sim_guest_switch(mv_sim_guest_t *g, uint32_t vcpu, int pid);
+/* The process vcpu runs, or -1. */
+int mv_sim_guest_current(const mv_sim_guest_t *g, uint32_t vcpu);
+bool mv_sim_guest_alive(const mv_sim_guest_t *g, int pid);
+
+/*
+ * mmap in the process vcpu runs: anonymous (file 0) or a private file mapping whose page i
+ * holds content id `file_ids(file, i)` (pool content: the same in every guest). *va: the
+ * start. munmap and mprotect take a whole mapping.
+ */
+int mv_sim_guest_mmap(mv_sim_guest_t *g, uint32_t vcpu, uint64_t pages, uint32_t prot,
+                      uint64_t file, uint64_t *va);
+int mv_sim_guest_munmap(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va);
+int mv_sim_guest_mprotect(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va, uint32_t prot);
+/* Mappings of the current process: the start and pages of mapping i; MV_ENOENT past the end. */
+int mv_sim_guest_mapping(const mv_sim_guest_t *g, uint32_t vcpu, uint32_t i, uint64_t *va,
+                         uint64_t *pages, uint32_t *prot);
+/*
+ * User accesses of the current process at va's page, through the vCPU, the guest's own
+ * fault handling included: touch reads 8 bytes, read the whole page (compared with what
+ * the model expects; a difference counts as content_errors and returns MV_EUCLEAN), write
+ * fills it with new unique content. MV_EFAULT: SIGSEGV (counted, nothing changed).
+ */
+int mv_sim_guest_touch(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va);
+int mv_sim_guest_read(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va);
+int mv_sim_guest_write(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va);
+/* Read 8 bytes at va (tests), faults handled as for touch. */
+int mv_sim_guest_load(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va, uint64_t *val);
+/* Shootdown of the whole address space of the current process on every vCPU running it. */
+int mv_sim_guest_shootdown(mv_sim_guest_t *g, uint32_t vcpu);
+
 #endif
