@@ -348,4 +348,50 @@ int mv_sim_guest_load(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va, uint64_t *v
 /* Shootdown of the whole address space of the current process on every vCPU running it. */
 int mv_sim_guest_shootdown(mv_sim_guest_t *g, uint32_t vcpu);
 
+/* ---- Workloads (workload.c) ------------------------------------------------------------------- */
+
+/* A workload's knobs; rates are per mille of steps. */
+struct mv_sim_workload_params {
+    uint64_t footprint;     /* pages mapped per process at most */
+    uint32_t working_set;   /* percent of each mapping the accesses go to */
+    uint32_t dirty;         /* percent of accesses that write */
+    uint32_t fork_rate;     /* forks (a child that often execs and exits soon) */
+    uint32_t mmap_rate;     /* mmap, and munmap when over the footprint */
+    uint32_t mprotect_rate;
+    uint32_t switch_rate;   /* context switches */
+    uint32_t file_pct;      /* percent of mmaps that map a file */
+    uint32_t zero_pct, pool_pct; /* content mix of new pages */
+    uint32_t max_procs;
+};
+
+/* The presets: idle, forky, mmap-churn, compile-like, memory-hog. MV_ENOENT unknown name. */
+int mv_sim_workload_preset(const char *name, struct mv_sim_workload_params *p);
+/* The name of preset i, or NULL past the end. */
+const char *mv_sim_workload_name(unsigned i);
+
+struct mv_sim_run_config {
+    size_t size;          /* sizeof(struct mv_sim_run_config) */
+    const char *workload; /* a preset */
+    uint32_t domains, vcpus;
+    uint64_t seed;
+    bool hvm;             /* HVM with HAP; else PV */
+    bool check;           /* the oracle at every invalidation */
+    uint64_t mem_pages;   /* per domain; 0: from the footprint */
+};
+
+typedef struct mv_sim_run mv_sim_run_t;
+
+/* Domains 1..N as guests of the simulator. 0, MV_EINVAL, MV_ENOENT unknown preset, or an error. */
+int mv_sim_run_create(mv_sim_t *s, const struct mv_sim_run_config *cfg, mv_sim_run_t **out);
+/*
+ * Run n steps, interleaved deterministically: step k runs vCPU (k / domains) % vcpus of
+ * domain k % domains. 0, or the first unexpected error (guest SIGSEGVs and out-of-memory
+ * kills are part of the workload).
+ */
+int mv_sim_run_steps(mv_sim_run_t *r, uint64_t n);
+mv_sim_guest_t *mv_sim_run_guest(const mv_sim_run_t *r, uint32_t i);
+/* Out-of-memory kills in domain i. */
+uint64_t mv_sim_run_oom(const mv_sim_run_t *r, uint32_t i);
+void mv_sim_run_destroy(mv_sim_run_t *r);
+
 #endif

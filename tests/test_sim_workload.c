@@ -1,0 +1,108 @@
+/*
+ * tests/test_sim_workload.c - every preset in PV and HAP on two domains of two vCPUs, with
+ * the oracle and the TLB check at every invalidation the guests make and an audit at the
+ * end; the same seed gives the same per-domain figures.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "sim.h"
+
+#define STEPS 3000u
+
+static void run(const char *name, bool hvm, uint64_t seed, struct mv_sim_guest_stats out[2])
+{
+    mv_sim_t *s;
+    struct mv_sim_config c = {.size = sizeof(c), .mem_bytes = 256 * TH_MiB};
+    assert_int_equal(mv_sim_create(&c, &s), 0);
+    struct mv_sim_run_config rc = {.size = sizeof(rc), .workload = name, .domains = 2,
+                                   .vcpus = 2, .seed = seed, .hvm = hvm, .check = true};
+    mv_sim_run_t *r;
+    assert_int_equal(mv_sim_run_create(s, &rc, &r), 0);
+    int e = mv_sim_run_steps(r, STEPS);
+    if (e)
+        fail_msg("%s %s: %s", name, hvm ? "hap" : "pv", mv_strerror(e));
+    for (uint32_t i = 0; i < 2; i++) {
+        struct mv_sim_guest_stats *st = &out[i];
+        mv_sim_guest_stats(mv_sim_run_guest(r, i), st);
+        if (st->mismatches || st->tlb_violations || st->content_errors || st->errors)
+            fail_msg("%s %s dom %u: mismatches %llu tlb %llu content %llu errors %llu (%d)",
+                     name, hvm ? "hap" : "pv", i + 1, (unsigned long long)st->mismatches,
+                     (unsigned long long)st->tlb_violations,
+                     (unsigned long long)st->content_errors, (unsigned long long)st->errors,
+                     st->last_error);
+        uint64_t ops = 0;
+        for (unsigned k = 0; k < MV_SIM_GOP_NR; k++)
+            ops += st->ops[k];
+        assert_true(ops >= STEPS / 2 / 2);
+    }
+    th_assert_audit_clean(mv_sim_host(s));
+    mv_sim_run_destroy(r);
+    th_assert_audit_clean(mv_sim_host(s));
+    mv_sim_destroy(s);
+}
+
+static void presets(bool hvm)
+{
+    for (unsigned i = 0; mv_sim_workload_name(i); i++) {
+        struct mv_sim_guest_stats st[2];
+        run(mv_sim_workload_name(i), hvm, 42, st);
+        if (!strcmp(mv_sim_workload_name(i), "forky"))
+            assert_true(st[0].ops[MV_SIM_GOP_FORK] > 0 && st[0].faults[MV_SIM_GF_COW] > 0);
+        assert_true(st[0].checks > 0 || !strcmp(mv_sim_workload_name(i), "idle"));
+    }
+}
+
+static void presets_pv(void **state)
+{
+    (void)state;
+    presets(false);
+}
+
+static void presets_hap(void **state)
+{
+    (void)state;
+    presets(true);
+}
+
+static void determinism(void **state)
+{
+    (void)state;
+    for (int hvm = 0; hvm < 2; hvm++) {
+        struct mv_sim_guest_stats a[2], b[2], c[2];
+        run("compile-like", hvm, 9, a);
+        run("compile-like", hvm, 9, b);
+        run("compile-like", hvm, 10, c);
+        assert_memory_equal(a, b, sizeof(a));
+        assert_true(memcmp(a, c, sizeof(a)) != 0);
+    }
+}
+
+static void bad_config(void **state)
+{
+    (void)state;
+    mv_sim_t *s;
+    struct mv_sim_config c = {.size = sizeof(c), .mem_bytes = 64 * TH_MiB};
+    assert_int_equal(mv_sim_create(&c, &s), 0);
+    struct mv_sim_run_config rc = {.size = sizeof(rc), .workload = "nope", .domains = 1,
+                                   .vcpus = 1};
+    mv_sim_run_t *r;
+    assert_int_equal(mv_sim_run_create(s, &rc, &r), MV_ENOENT);
+    rc.workload = "idle";
+    rc.domains = 0;
+    assert_int_equal(mv_sim_run_create(s, &rc, &r), MV_EINVAL);
+    th_assert_audit_clean(mv_sim_host(s));
+    mv_sim_destroy(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(presets_pv),
+        cmocka_unit_test(presets_hap),
+        cmocka_unit_test(determinism),
+        cmocka_unit_test(bad_config),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
