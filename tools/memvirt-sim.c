@@ -4,6 +4,12 @@
  *   memvirt-sim --image FILE --cr3 HEX [--image FILE --cr3 HEX ...] [--verify]
  *               [--paging hap|shadow] [--maxphyaddr N] [--gbpages] [--host-memory SIZE]
  *               [--format text|json|csv] [-o FILE]
+ *   memvirt-sim --workload NAME [--domains N] [--vcpus N] [--seed S] [--steps N]
+ *               [--mode pv|hvm [--paging hap]] [--no-check] [--format text|json|csv] [-o FILE]
+ *
+ * A workload runs the guest OS model (sim/guest.c) on N domains of N vCPUs each, with the
+ * oracle at every invalidation unless --no-check; the per-domain figures depend only on
+ * the arguments (no timing in them: timings are a top-level object).
  *
  * Each image becomes an HVM domain (see sim/sim.h); its page-table statistics follow the
  * counting rules of shared/corpus/README.md. --verify checks every mapped 4 KiB page of
@@ -13,6 +19,7 @@
  * that cannot be read.
  */
 #include <getopt.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +46,11 @@ struct options {
     bool gbpages, verify;
     const char *format;
     const char *out;
+    bool paging_given;
+    const char *workload, *mode;
+    uint32_t domains, vcpus;
+    uint64_t seed, steps;
+    bool no_check;
 };
 
 static void usage(FILE *f)
@@ -62,6 +74,15 @@ static void usage(FILE *f)
             "                        every root through the vCPU and the oracle\n"
             "  --format FMT          text (default), json or csv\n"
             "  -o, --output FILE     write the report to FILE instead of stdout\n"
+            "\n"
+            "Or run a built-in workload on the guest OS model:\n"
+            "  --workload NAME       idle, forky, mmap-churn, compile-like or memory-hog\n"
+            "  --domains N           domains (default 2)\n"
+            "  --vcpus N             vCPUs per domain (default 2)\n"
+            "  --seed S              seed (default 1)\n"
+            "  --steps N             guest steps over all vCPUs (default 20000)\n"
+            "  --mode pv|hvm         guest type (default pv); --paging hap only with hvm\n"
+            "  --no-check            skip the oracle at every invalidation\n"
             "  -h, --help            this help\n"
             "  -V, --version         print the version\n"
             "\n"
@@ -113,7 +134,17 @@ static bool parse_hex(const char *s, uint64_t *out)
 }
 
 enum { OPT_IMAGE = 256, OPT_CR3, OPT_PAGING, OPT_MAXPHY, OPT_HOSTMEM, OPT_VERIFY, OPT_FORMAT,
-       OPT_GBPAGES };
+       OPT_GBPAGES, OPT_WORKLOAD, OPT_DOMAINS, OPT_VCPUS, OPT_SEED, OPT_STEPS, OPT_MODE,
+       OPT_NOCHECK };
+
+static bool parse_num(const char *s, uint64_t *out)
+{
+    char *end;
+    if (!*s || *s == '-')
+        return false;
+    *out = strtoull(s, &end, 10);
+    return !*end;
+}
 
 static int parse(int argc, char **argv, struct options *o)
 {
@@ -127,6 +158,13 @@ static int parse(int argc, char **argv, struct options *o)
         {"verify", no_argument, NULL, OPT_VERIFY},
         {"format", required_argument, NULL, OPT_FORMAT},
         {"output", required_argument, NULL, 'o'},
+        {"workload", required_argument, NULL, OPT_WORKLOAD},
+        {"domains", required_argument, NULL, OPT_DOMAINS},
+        {"vcpus", required_argument, NULL, OPT_VCPUS},
+        {"seed", required_argument, NULL, OPT_SEED},
+        {"steps", required_argument, NULL, OPT_STEPS},
+        {"mode", required_argument, NULL, OPT_MODE},
+        {"no-check", no_argument, NULL, OPT_NOCHECK},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -155,6 +193,39 @@ static int parse(int argc, char **argv, struct options *o)
             if (strcmp(optarg, "hap") && strcmp(optarg, "shadow"))
                 return usage_error("--paging: '%s' is not hap or shadow", optarg);
             o->paging = optarg;
+            o->paging_given = true;
+            break;
+        case OPT_WORKLOAD: {
+            struct mv_sim_workload_params wp;
+            if (mv_sim_workload_preset(optarg, &wp))
+                return usage_error("--workload: '%s' is not idle, forky, mmap-churn, "
+                                   "compile-like or memory-hog", optarg);
+            o->workload = optarg;
+            break;
+        }
+        case OPT_DOMAINS:
+        case OPT_VCPUS: {
+            uint64_t v;
+            if (!parse_num(optarg, &v) || !v || v > 64)
+                return usage_error("'%s' is not a count from 1 to 64", optarg);
+            *(c == OPT_DOMAINS ? &o->domains : &o->vcpus) = (uint32_t)v;
+            break;
+        }
+        case OPT_SEED:
+            if (!parse_num(optarg, &o->seed))
+                return usage_error("--seed: '%s' is not a number", optarg);
+            break;
+        case OPT_STEPS:
+            if (!parse_num(optarg, &o->steps) || o->steps > (1ull << 40))
+                return usage_error("--steps: '%s' is not a step count", optarg);
+            break;
+        case OPT_MODE:
+            if (strcmp(optarg, "pv") && strcmp(optarg, "hvm"))
+                return usage_error("--mode: '%s' is not pv or hvm", optarg);
+            o->mode = optarg;
+            break;
+        case OPT_NOCHECK:
+            o->no_check = true;
             break;
         case OPT_MAXPHY: {
             char *end;
@@ -196,8 +267,20 @@ static int parse(int argc, char **argv, struct options *o)
     }
     if (optind < argc)
         return usage_error("unexpected argument '%s'", argv[optind]);
+    if (o->workload) {
+        if (o->nr || o->verify || o->gbpages)
+            return usage_error("%s", "--workload does not go with --image, --verify or --gbpages");
+        if (o->paging_given && (!o->mode || strcmp(o->mode, "hvm")))
+            return usage_error("%s", "--paging needs --mode hvm");
+        if (o->paging_given && strcmp(o->paging, "hap"))
+            return usage_error("--paging %s: workloads run with hap only", o->paging);
+        return 0;
+    }
+    if (o->mode || o->domains || o->vcpus || o->seed || o->steps || o->no_check)
+        return usage_error("%s", "--mode, --domains, --vcpus, --seed, --steps and --no-check "
+                                 "need --workload");
     if (!o->nr)
-        return usage_error("%s", "no --image given");
+        return usage_error("%s", "no --image given (or --workload NAME)");
     for (unsigned i = 0; i < o->nr; i++)
         if (!o->im[i].has_cr3)
             return usage_error("--image %s has no --cr3", o->im[i].path);
@@ -333,12 +416,217 @@ static void report(FILE *f, const struct options *o, uint64_t audit_violations)
     fprintf(f, "\naudit: %s\n", audit_violations ? "VIOLATIONS" : "clean");
 }
 
+/* ---- Workloads ----------------------------------------------------------------------------- */
+
+struct dom_report {
+    struct mv_sim_guest_stats g;
+    struct mv_sim_vcpu_stats v; /* summed over the vCPUs */
+    struct mv_domain_stats d;
+    uint64_t oom;
+};
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void workload_report(FILE *f, const struct options *o, const struct dom_report *dr,
+                            uint64_t violations, int run_rc, double secs)
+{
+    const char *fmt = o->format ? o->format : "text";
+    uint64_t ops = 0;
+    for (uint32_t i = 0; i < o->domains; i++)
+        for (unsigned k = 0; k < MV_SIM_GOP_NR; k++)
+            ops += dr[i].g.ops[k];
+    if (!strcmp(fmt, "csv")) {
+        fprintf(f, "domain,mode,workload,ops,faults_demand,faults_cow,faults_segv,pages,"
+                   "page_tables,checks,mismatches,ept_violations,audit\n");
+        for (uint32_t i = 0; i < o->domains; i++)
+            fprintf(f, "%u,%s,%s,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%s\n", i + 1,
+                    o->mode, o->workload, (unsigned long long)ops,
+                    (unsigned long long)dr[i].g.faults[MV_SIM_GF_DEMAND],
+                    (unsigned long long)dr[i].g.faults[MV_SIM_GF_COW],
+                    (unsigned long long)dr[i].g.faults[MV_SIM_GF_SEGV],
+                    (unsigned long long)(dr[i].g.pages_total - dr[i].g.pages_free),
+                    (unsigned long long)dr[i].g.page_tables, (unsigned long long)dr[i].g.checks,
+                    (unsigned long long)dr[i].g.mismatches,
+                    (unsigned long long)dr[i].v.ept_violations, violations ? "violations" : "clean");
+        return;
+    }
+    if (!strcmp(fmt, "json")) {
+        fprintf(f, "{\"schema\": 1, \"tool\": \"memvirt-sim\", \"version\": \"%s\",\n",
+                mv_version());
+        fprintf(f, " \"config\": {\"workload\": \"%s\", \"mode\": \"%s\", \"paging\": \"%s\", "
+                   "\"domains\": %u, \"vcpus\": %u, \"seed\": %llu, \"steps\": %llu, "
+                   "\"check\": %s},\n",
+                o->workload, o->mode, strcmp(o->mode, "hvm") ? "pv" : "hap", o->domains,
+                o->vcpus, (unsigned long long)o->seed, (unsigned long long)o->steps,
+                o->no_check ? "false" : "true");
+        fprintf(f, " \"domains\": [");
+        for (uint32_t i = 0; i < o->domains; i++) {
+            const struct dom_report *d = &dr[i];
+            fprintf(f, "%s\n  {\"domid\": %u, \"operations\": {", i ? "," : "", i + 1);
+            for (unsigned k = 0; k < MV_SIM_GOP_NR; k++)
+                fprintf(f, "%s\"%s\": %llu", k ? ", " : "", mv_sim_guest_op_name(k),
+                        (unsigned long long)d->g.ops[k]);
+            fprintf(f, "},\n   \"faults\": {");
+            for (unsigned k = 0; k < MV_SIM_GF_NR; k++)
+                fprintf(f, "\"%s\": %llu, ", mv_sim_guest_fault_name(k),
+                        (unsigned long long)d->g.faults[k]);
+            fprintf(f, "\"oom_kills\": %llu, \"page_faults\": %llu, \"ept_violations\": %llu},\n",
+                    (unsigned long long)d->oom, (unsigned long long)d->v.page_faults,
+                    (unsigned long long)d->v.ept_violations);
+            fprintf(f, "   \"pages\": {\"guest\": %llu, \"in_use\": %llu, \"page_tables\": %llu, "
+                       "\"zero\": %llu, \"pool\": %llu, \"unique\": %llu, \"owned\": %llu, "
+                       "\"overhead\": %llu},\n",
+                    (unsigned long long)d->g.pages_total,
+                    (unsigned long long)(d->g.pages_total - d->g.pages_free),
+                    (unsigned long long)d->g.page_tables, (unsigned long long)d->g.pages_zero,
+                    (unsigned long long)d->g.pages_pool, (unsigned long long)d->g.pages_unique,
+                    (unsigned long long)d->d.pages, (unsigned long long)d->d.overhead_pages);
+            fprintf(f, "   \"oracle\": {\"checks\": %llu, \"mismatches\": %llu, "
+                       "\"tlb_violations\": %llu, \"content_errors\": %llu},\n",
+                    (unsigned long long)d->g.checks, (unsigned long long)d->g.mismatches,
+                    (unsigned long long)d->g.tlb_violations,
+                    (unsigned long long)d->g.content_errors);
+            fprintf(f, "   \"tlb\": {\"accesses\": %llu, \"hits\": %llu, \"walks\": %llu},\n",
+                    (unsigned long long)d->v.accesses, (unsigned long long)d->v.tlb_hits,
+                    (unsigned long long)d->v.walks);
+            fprintf(f, "   \"audit\": \"%s\", \"errors\": %llu}", violations ? "violations" : "clean",
+                    (unsigned long long)d->g.errors);
+        }
+        fprintf(f, "\n ],\n \"result\": \"%s\",\n", run_rc ? mv_strerror(run_rc) : "ok");
+        fprintf(f, " \"timings\": {\"seconds\": %.6f, \"ops_per_second\": %.0f}}\n", secs,
+                secs > 0 ? (double)ops / secs : 0.0);
+        return;
+    }
+    fprintf(f, "workload %s: %u domain(s) x %u vCPU(s), %s, seed %llu, %llu steps\n",
+            o->workload, o->domains, o->vcpus, strcmp(o->mode, "hvm") ? "pv" : "hvm/hap",
+            (unsigned long long)o->seed, (unsigned long long)o->steps);
+    for (uint32_t i = 0; i < o->domains; i++) {
+        const struct dom_report *d = &dr[i];
+        fprintf(f, "\ndomain %u\n  operations ", i + 1);
+        for (unsigned k = 0; k < MV_SIM_GOP_NR; k++)
+            fprintf(f, " %s=%llu", mv_sim_guest_op_name(k), (unsigned long long)d->g.ops[k]);
+        fprintf(f, "\n  faults     ");
+        for (unsigned k = 0; k < MV_SIM_GF_NR; k++)
+            fprintf(f, " %s=%llu", mv_sim_guest_fault_name(k), (unsigned long long)d->g.faults[k]);
+        fprintf(f, " oom=%llu ept=%llu\n", (unsigned long long)d->oom,
+                (unsigned long long)d->v.ept_violations);
+        fprintf(f, "  pages       %llu of %llu in use, %llu page tables; filled zero=%llu pool=%llu "
+                   "unique=%llu\n",
+                (unsigned long long)(d->g.pages_total - d->g.pages_free),
+                (unsigned long long)d->g.pages_total, (unsigned long long)d->g.page_tables,
+                (unsigned long long)d->g.pages_zero, (unsigned long long)d->g.pages_pool,
+                (unsigned long long)d->g.pages_unique);
+        fprintf(f, "  oracle      %llu checks, %llu mismatches, %llu TLB violations, %llu content "
+                   "errors\n",
+                (unsigned long long)d->g.checks, (unsigned long long)d->g.mismatches,
+                (unsigned long long)d->g.tlb_violations, (unsigned long long)d->g.content_errors);
+    }
+    fprintf(f, "\nresult: %s; audit: %s; %.3f s, %.0f guest ops/s\n",
+            run_rc ? mv_strerror(run_rc) : "ok", violations ? "VIOLATIONS" : "clean", secs,
+            secs > 0 ? (double)ops / secs : 0.0);
+}
+
+static int run_workload(struct options *o, FILE *out)
+{
+    if (!o->mode)
+        o->mode = "pv";
+    if (!o->domains)
+        o->domains = 2;
+    if (!o->vcpus)
+        o->vcpus = 2;
+    if (!o->steps)
+        o->steps = 20000;
+    if (!o->seed)
+        o->seed = 1;
+    struct mv_sim_workload_params wp;
+    mv_sim_workload_preset(o->workload, &wp);
+    uint64_t need = (uint64_t)o->domains * wp.footprint * (wp.max_procs + 2) * MV_PAGE_SIZE;
+    if (!o->host_memory)
+        o->host_memory = need + (64u << 20);
+    mv_sim_t *s = NULL;
+    struct mv_sim_config sc = {.size = sizeof(sc), .mem_bytes = o->host_memory};
+    int rc = mv_sim_create(&sc, &s);
+    if (rc) {
+        fprintf(stderr, "memvirt-sim: cannot build the host: %s\n", mv_strerror(rc));
+        return 2;
+    }
+    struct mv_sim_run_config rcfg = {.size = sizeof(rcfg), .workload = o->workload,
+                                     .domains = o->domains, .vcpus = o->vcpus, .seed = o->seed,
+                                     .hvm = !strcmp(o->mode, "hvm"), .check = !o->no_check};
+    mv_sim_run_t *r = NULL;
+    if ((rc = mv_sim_run_create(s, &rcfg, &r))) {
+        fprintf(stderr, "memvirt-sim: cannot create the domains: %s\n", mv_strerror(rc));
+        mv_sim_destroy(s);
+        return 2;
+    }
+    double t0 = now();
+    int run_rc = mv_sim_run_steps(r, o->steps);
+    double secs = now() - t0;
+    struct dom_report *dr = calloc(o->domains, sizeof(*dr));
+    if (!dr) {
+        mv_sim_run_destroy(r);
+        mv_sim_destroy(s);
+        return 2;
+    }
+    int status = run_rc ? 1 : 0;
+    for (uint32_t i = 0; i < o->domains; i++) {
+        mv_sim_guest_t *g = mv_sim_run_guest(r, i);
+        mv_domain_t *d = mv_sim_guest_domain(g);
+        mv_sim_guest_stats(g, &dr[i].g);
+        dr[i].d.size = sizeof(dr[i].d);
+        mv_domain_stats(d, &dr[i].d);
+        dr[i].oom = mv_sim_run_oom(r, i);
+        for (uint32_t v = 0; v < o->vcpus; v++) {
+            struct mv_sim_vcpu_stats vs;
+            mv_sim_vcpu_stats(mv_sim_vcpu(s, d, v), &vs);
+            dr[i].v.accesses += vs.accesses;
+            dr[i].v.tlb_hits += vs.tlb_hits;
+            dr[i].v.walks += vs.walks;
+            dr[i].v.ept_violations += vs.ept_violations;
+            dr[i].v.page_faults += vs.page_faults;
+        }
+        if (dr[i].g.mismatches || dr[i].g.tlb_violations || dr[i].g.content_errors ||
+            dr[i].g.errors)
+            status = 1;
+    }
+    static struct mv_audit_report rep;
+    rep.size = sizeof(rep);
+    uint64_t violations = 0;
+    if (mv_host_audit(mv_sim_host(s), &rep)) {
+        violations = rep.nr_violations ? rep.nr_violations : 1;
+        status = 1;
+    }
+    workload_report(out, o, dr, violations, run_rc, secs);
+    free(dr);
+    mv_sim_run_destroy(r);
+    mv_sim_destroy(s);
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     struct options o = {.paging = "hap", .maxphyaddr = 40};
     int rc = parse(argc, argv, &o);
     if (rc)
         return rc;
+    if (o.workload) {
+        FILE *wout = stdout;
+        if (o.out && !(wout = fopen(o.out, "w"))) {
+            perror(o.out);
+            return 2;
+        }
+        int st = run_workload(&o, wout);
+        if (wout != stdout && fclose(wout) != 0)
+            return 2;
+        if (wout == stdout && fflush(stdout) != 0)
+            return 2;
+        return st;
+    }
     if (!strcmp(o.paging, "shadow")) {
         fprintf(stderr, "memvirt-sim: --paging shadow: shadow paging is not available yet\n");
         return 2;
