@@ -6,7 +6,8 @@
  * frame is held with a general reference while it is copied, so a concurrent decrease
  * (which needs the p2m's reference to be the only one) cannot free it under the copy
  * (XSA-219 class). Writes go through the write-fault path for log-dirty pages, which marks
- * them; ram_ro and ram_shared pages refuse writes.
+ * them; ram_ro and ram_shared pages refuse writes, and so does a frame in use as a page
+ * table (MV_EBUSY: a PV guest's tables change only through validated updates).
  */
 #include <string.h>
 
@@ -24,6 +25,11 @@ static int check_page(mv_domain_t *d, mv_gfn_t gfn, bool write)
         return MV_EACCES;
     if (write && e.type == MV_P2M_RAM_SHARED)
         return MV_EOPNOTSUPP;
+    /* A frame in use as a (PV) page table changes only through validated updates. */
+    struct mv_frame *f = mv__frame(d->h, e.mfn);
+    uint64_t t = f ? atomic_load_explicit(&f->type_info, memory_order_acquire) : 0;
+    if (write && mv__pgt_is_table(mv__pgt_type(t)) && (t & MV_PGT_COUNT_MASK))
+        return MV_EBUSY;
     return 0;
 }
 

@@ -252,6 +252,13 @@ static void test_bad_input(void **state)
     assert_int_equal(mv_guest_phys_read(d, 9000ull << MV_PAGE_SHIFT, back, 8), 0);
     assert_int_equal(mv_guest_phys_read(d, ~0ull - 4, back, 8), MV_EFAULT);
     assert_int_equal(mv_guest_phys_write(d, 0, NULL, 8), MV_EINVAL);
+    /* A frame typed as a page table is not written behind the validator's back. */
+    struct mv_p2m_entry pt = look(d, 6000);
+    assert_int_equal(mv_page_get_typed(d, pt.mfn, MV_PGT_L1), MV_PAGE_VALIDATE);
+    assert_int_equal(mv_page_validated(d, pt.mfn), 0);
+    assert_int_equal(mv_guest_phys_write(d, 6000ull << MV_PAGE_SHIFT, buf, 8), MV_EBUSY);
+    assert_int_equal(mv_guest_phys_read(d, 6000ull << MV_PAGE_SHIFT, back, 8), 0);
+    assert_int_equal(mv_page_put_typed(d, pt.mfn), 0);
     th_assert_audit_clean(h);
     assert_int_equal(mv_p2m_logdirty_disable(d), 0);
     assert_int_equal(mv_p2m_logdirty_disable(d), MV_EALREADY);

@@ -178,7 +178,8 @@ MV_API int mv_p2m_logdirty_peek_and_clean(mv_domain_t *d, mv_gfn_t first, uint64
 /*
  * Copy to or from guest-physical memory, across pages. Every page is checked first: an
  * mmio page or a hole anywhere in the range is MV_EFAULT and nothing is copied; a write to
- * ram_ro is MV_EACCES, to ram_shared MV_EOPNOTSUPP. Writes to log-dirty pages go through
+ * ram_ro is MV_EACCES, to ram_shared MV_EOPNOTSUPP, to a frame in use as a page table
+ * MV_EBUSY (it changes only through validated updates). Writes to log-dirty pages go through
  * the write-fault path and mark them dirty. Each frame is held while it is copied.
  */
 MV_API int mv_guest_phys_read(mv_domain_t *d, mv_paddr_t gpa, void *buf, size_t len);
