@@ -6,6 +6,9 @@
  *   sim/walk_hap         a two-dimensional walk: 4 guest levels, each through the 4-level
  *                        EPT-format p2m, then the page itself (INVLPG before each)
  *   sim/walk_oracle      the oracle's answer for the same HAP access (p2m lookups)
+ *   sim/workload_forky_pv, sim/workload_forky_hap
+ *                        the forky preset on 2 domains x 2 vCPUs, oracle off; item = one
+ *                        guest operation
  *   sim/verify_corpus    --verify over the corpus image (shared/corpus, or MEMVIRT_CORPUS):
  *                        items are vCPU translations (read, write, fetch per page), each
  *                        checked against the oracle; skipped with an error without the image
@@ -246,6 +249,63 @@ static void run_verify_corpus(mvb_state_t *st, void *user)
     mvb_set_items_processed(st, items);
 }
 
+/* ---- Workloads ------------------------------------------------------------------------------ */
+
+/*
+ * The forky preset on two domains of two vCPUs, oracle off (what is measured is the guest
+ * and the engine, not the checker); item = one guest operation (a step).
+ */
+struct wlfx {
+    bool hvm;
+    mv_sim_t *s;
+    mv_sim_run_t *r;
+};
+
+static int wl_setup(void *user, int threads)
+{
+    struct wlfx *w = user;
+    (void)threads;
+    struct mv_sim_workload_params wp;
+    if (mv_sim_workload_preset("forky", &wp))
+        return 1;
+    uint64_t need = 2 * wp.footprint * (wp.max_procs + 2) * MV_PAGE_SIZE + (64u << 20);
+    struct mv_sim_config sc = {.size = sizeof(sc), .mem_bytes = need};
+    struct mv_sim_run_config rc = {.size = sizeof(rc), .workload = "forky", .domains = 2,
+                                   .vcpus = 2, .seed = 1, .hvm = w->hvm, .check = false};
+    if (mv_sim_create(&sc, &w->s))
+        return 1;
+    return mv_sim_run_create(w->s, &rc, &w->r) ? 1 : 0;
+}
+
+static void wl_teardown(void *user, int threads)
+{
+    struct wlfx *w = user;
+    (void)threads;
+    if (w->r)
+        mv_sim_run_destroy(w->r);
+    if (w->s)
+        mv_sim_destroy(w->s);
+    w->r = NULL;
+    w->s = NULL;
+}
+
+static void run_workload(mvb_state_t *st, void *user)
+{
+    struct wlfx *w = user;
+    uint64_t n;
+    while (mvb_keep_running_batch(st, &n)) {
+        int rc = mv_sim_run_steps(w->r, n);
+        if (rc) {
+            mvb_skip_with_error(st, mv_strerror_name(rc));
+            break;
+        }
+    }
+    if (!mvb_error_occurred(st))
+        mvb_set_items_processed(st, mvb_iterations(st));
+}
+
+static struct wlfx wl_pv = {.hvm = false}, wl_hap = {.hvm = true};
+
 static void reg(const char *name, mvb_run_fn run, mvb_setup_fn setup)
 {
     if (mvb_register(&(struct mvb_bench){.name = name, .run = run, .setup = setup}))
@@ -254,6 +314,13 @@ static void reg(const char *name, mvb_run_fn run, mvb_setup_fn setup)
 
 void mvb_register_sim(void)
 {
+    struct wlfx *wl[] = {&wl_pv, &wl_hap};
+    const char *wl_names[] = {"sim/workload_forky_pv", "sim/workload_forky_hap"};
+    for (size_t i = 0; i < 2; i++)
+        if (mvb_register(&(struct mvb_bench){.name = wl_names[i], .run = run_workload,
+                                             .user = wl[i], .setup = wl_setup,
+                                             .teardown = wl_teardown}))
+            mvb_report_failure(wl_names[i], "cannot register");
     reg("sim/tlb_hit", run_tlb_hit, fixture);
     reg("sim/walk_pv", run_walk_pv, fixture);
     reg("sim/walk_hap", run_walk_hap, fixture);
