@@ -11,11 +11,12 @@
 extern const struct mv_module_ops mv__pv_module; /* pv/module.c */
 
 extern const struct mv_module_ops mv__p2m_module;
+extern const struct mv_module_ops mv__shadow_module; /* shadow/shadow.c */
 
 const struct mv_module_ops *const mv__module_table[MV_MOD_NR] = {
     [MV_MOD_P2M] = &mv__p2m_module,
     [MV_MOD_PV] = &mv__pv_module,
-    [MV_MOD_SHADOW] = NULL,
+    [MV_MOD_SHADOW] = &mv__shadow_module,
     [MV_MOD_SHARING] = NULL,
     [MV_MOD_BALLOON] = NULL,
 };

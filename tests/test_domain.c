@@ -61,7 +61,10 @@ static void test_config_refused(void **state)
     REFUSE(max_pages, FRAMES + 1, MV_ENOMEM);
     REFUSE(type, 7, MV_EINVAL);
     REFUSE(paging, MV_PAGING_PV, MV_EINVAL);   /* HVM needs HAP or shadow */
-    REFUSE(paging, MV_PAGING_SHADOW, MV_EOPNOTSUPP); /* not built yet */
+    c = cfg_of(5, 100); /* shadow paging is for HVM guests only */
+    c.type = MV_DOMAIN_PV;
+    c.paging = MV_PAGING_SHADOW;
+    assert_int_equal(mv_domain_create(h, &c, &d), MV_EINVAL);
     REFUSE(node_affinity, 2, MV_ENODEV);
     REFUSE(flags, 0x80, MV_EINVAL);
     REFUSE(flags, MV_DOMF_LINEAR_PT, MV_EINVAL); /* a PV option */

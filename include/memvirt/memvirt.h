@@ -8,5 +8,6 @@
 #include <memvirt/posix.h>
 #include <memvirt/p2m.h>
 #include <memvirt/pv.h>
+#include <memvirt/shadow.h>
 
 #endif

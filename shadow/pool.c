@@ -1,0 +1,384 @@
+/*
+ * shadow/pool.c - the shadow pool: slots (a frame and its nodes), the hash from
+ * (gfn, type) to shadow, the rmap and parent lists, entry updates, unshadowing and
+ * eviction, the per-vCPU topup caches.
+ *
+ * A slot is EMPTY (nothing allocated), FREE (frame and nodes ready, zeroed, on the free
+ * list), TOPUP (reserved by one vCPU for its next locked section) or USED (a live shadow,
+ * in the hash and on the LRU list). There are `budget` slots. Frames of FREE and TOPUP
+ * slots belong to MV_OWNER_TOPUP, of USED slots to MV_OWNER_INTERNAL.
+ *
+ * Topup runs with no lock held except for short sections that move slots between lists or
+ * evict: when every slot is in use, the least recently used shadow that no vCPU holds as a
+ * root is dropped, every entry that pointed at it is cleared and all vCPUs of the domain
+ * flush before its frame is used again (I13). A root is never evicted (XSA-438).
+ */
+#include "shadow-internal.h"
+
+static inline uint32_t ref_page(uint32_t r) { return r >> 9; }
+static inline unsigned ref_idx(uint32_t r) { return r & 511u; }
+static inline uint32_t mkref(uint32_t pi, unsigned idx) { return pi << 9 | idx; }
+
+static inline uint32_t hash_of(const struct sh_domain *s, mv_gfn_t gfn, unsigned type)
+{
+    uint64_t x = (gfn * 7 + type) * 0x9e3779b97f4a7c15ull;
+    return (uint32_t)(x >> 40) & (s->nbuckets - 1);
+}
+
+static inline struct sh_node *node_of(struct sh_domain *s, uint32_t r)
+{
+    return &s->pages[ref_page(r)].nodes[ref_idx(r)];
+}
+
+uint32_t mv__sh_lookup(struct sh_domain *s, mv_gfn_t gfn, unsigned type)
+{
+    for (uint32_t i = s->hash[hash_of(s, gfn, type)]; i != SH_NIL; i = s->pages[i].hnext)
+        if (s->pages[i].gfn == gfn && s->pages[i].type == type)
+            return i;
+    return SH_NIL;
+}
+
+bool mv__sh_gfn_is_table(struct sh_domain *s, mv_gfn_t gfn)
+{
+    for (unsigned t = SH_L1; t <= SH_L4; t++)
+        if (mv__sh_lookup(s, gfn, t) != SH_NIL)
+            return true;
+    return false;
+}
+
+/* ---- LRU ------------------------------------------------------------------------------ */
+
+static void lru_remove(struct sh_domain *s, uint32_t pi)
+{
+    struct sh_page *sp = &s->pages[pi];
+    if (sp->lru_prev != SH_NIL)
+        s->pages[sp->lru_prev].lru_next = sp->lru_next;
+    else
+        s->lru_head = sp->lru_next;
+    if (sp->lru_next != SH_NIL)
+        s->pages[sp->lru_next].lru_prev = sp->lru_prev;
+    else
+        s->lru_tail = sp->lru_prev;
+    sp->lru_prev = sp->lru_next = SH_NIL;
+}
+
+static void lru_push(struct sh_domain *s, uint32_t pi)
+{
+    struct sh_page *sp = &s->pages[pi];
+    sp->lru_prev = SH_NIL;
+    sp->lru_next = s->lru_head;
+    if (s->lru_head != SH_NIL)
+        s->pages[s->lru_head].lru_prev = pi;
+    else
+        s->lru_tail = pi;
+    s->lru_head = pi;
+}
+
+void mv__sh_touch(struct sh_domain *s, uint32_t pi)
+{
+    if (s->lru_head == pi)
+        return;
+    lru_remove(s, pi);
+    lru_push(s, pi);
+}
+
+/* ---- Chains ---------------------------------------------------------------------------- */
+
+static uint32_t *chain_head(struct sh_domain *s, uint32_t r)
+{
+    struct sh_page *sp = &s->pages[ref_page(r)];
+    struct sh_node *n = &sp->nodes[ref_idx(r)];
+    if (sh_type_leafy(sp->type))
+        return &s->rmap[n->key & (SH_RMAP_BUCKETS - 1)];
+    return &s->pages[n->key].up;
+}
+
+static void chain_link(struct sh_domain *s, uint32_t r)
+{
+    uint32_t *head = chain_head(s, r);
+    struct sh_node *n = node_of(s, r);
+    n->prev = SH_NIL;
+    n->next = *head;
+    if (*head != SH_NIL)
+        node_of(s, *head)->prev = r;
+    *head = r;
+}
+
+static void chain_unlink(struct sh_domain *s, uint32_t r)
+{
+    struct sh_node *n = node_of(s, r);
+    if (n->prev != SH_NIL)
+        node_of(s, n->prev)->next = n->next;
+    else
+        *chain_head(s, r) = n->next;
+    if (n->next != SH_NIL)
+        node_of(s, n->next)->prev = n->prev;
+    n->next = n->prev = SH_NIL;
+}
+
+void mv__sh_set(struct sh_domain *s, uint32_t pi, unsigned idx, uint64_t val, uint64_t key)
+{
+    mv__assert_held(&s->lock);
+    struct sh_page *sp = &s->pages[pi];
+    uint64_t *t = sh_table(s, sp);
+    uint64_t old = t[idx];
+    uint32_t r = mkref(pi, idx);
+    if ((old & X86E_P) && (val & X86E_P) && sp->nodes[idx].key == key) {
+        sh_store(&t[idx], val); /* same target: rights change only */
+        return;
+    }
+    if (old & X86E_P)
+        chain_unlink(s, r);
+    sh_store(&t[idx], val);
+    if (val & X86E_P) {
+        sp->nodes[idx].key = key;
+        chain_link(s, r);
+    }
+}
+
+/* ---- Creating and dropping shadows --------------------------------------------------------- */
+
+uint32_t mv__sh_create(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn, unsigned type,
+                       mv_mfn_t gmfn)
+{
+    mv__assert_held(&s->lock);
+    MV_ASSERT(sv->ntop > 0);
+    uint32_t pi = sv->top[--sv->ntop];
+    struct sh_page *sp = &s->pages[pi];
+    MV_ASSERT(sp->state == SLOT_TOPUP);
+    sp->state = SLOT_USED;
+    sp->type = (uint8_t)type;
+    sp->gfn = gfn;
+    sp->gmfn = gmfn;
+    sp->pins = 0;
+    sp->up = SH_NIL;
+    atomic_store_explicit(&mv__frame(s->d->h, sp->smfn)->owner, MV_OWNER_INTERNAL,
+                          memory_order_release);
+    uint32_t b = hash_of(s, gfn, type);
+    sp->hnext = s->hash[b];
+    s->hash[b] = pi;
+    lru_push(s, pi);
+    s->by_type[type]++;
+    s->any_used = true;
+    if (sh_type_is_table(type) && mv__sh_write_protect(s, gfn))
+        mv__sh_flush_all(s);
+    return pi;
+}
+
+void mv__sh_unshadow(struct sh_domain *s, uint32_t pi)
+{
+    mv__assert_held(&s->lock);
+    struct sh_page *sp = &s->pages[pi];
+    MV_ASSERT(sp->state == SLOT_USED);
+    /* Every entry that points here, then every entry of ours. */
+    while (sp->up != SH_NIL) {
+        uint32_t r = sp->up;
+        mv__sh_set(s, ref_page(r), ref_idx(r), 0, 0);
+    }
+    uint64_t *t = sh_table(s, sp);
+    for (unsigned i = 0; i < SH_ENTRIES; i++)
+        if (t[i])
+            mv__sh_set(s, pi, i, 0, 0);
+    uint32_t *pp = &s->hash[hash_of(s, sp->gfn, sp->type)];
+    while (*pp != pi)
+        pp = &s->pages[*pp].hnext;
+    *pp = sp->hnext;
+    lru_remove(s, pi);
+    s->by_type[sp->type]--;
+    sp->type = SH_NONE;
+    sp->state = SLOT_FREE;
+    sp->fnext = s->free_head;
+    s->free_head = pi;
+    atomic_store_explicit(&mv__frame(s->d->h, sp->smfn)->owner, MV_OWNER_TOPUP,
+                          memory_order_release);
+}
+
+void mv__sh_flush_all(struct sh_domain *s)
+{
+    mv_domain_t *d = s->d;
+    struct mv_flush_request req = {.domid = (mv_domid_t)d->domid, .scope = MV_FLUSH_LINEAR_ALL,
+                                   .nr_vcpus = d->nr_vcpus};
+    for (uint32_t i = 0; i < d->nr_vcpus; i++)
+        req.vcpu_mask[i / 64] |= 1ull << (i % 64);
+    mv__flush(d->h, &req);
+}
+
+/* Drop the least recently used shadow no vCPU holds; false when none can go. */
+static bool evict_one(struct sh_domain *s)
+{
+    for (uint32_t pi = s->lru_tail; pi != SH_NIL; pi = s->pages[pi].lru_prev) {
+        if (s->pages[pi].pins)
+            continue;
+        mv__sh_unshadow(s, pi);
+        s->evictions++;
+        mv__sh_flush_all(s); /* before the frame serves again (I13) */
+        return true;
+    }
+    return false;
+}
+
+/* ---- Leaves: zapping and write protection ----------------------------------------------- */
+
+uint64_t mv__sh_zap_gfns(struct sh_domain *s, mv_gfn_t first, uint64_t n)
+{
+    mv__assert_held(&s->lock);
+    uint64_t zapped = 0;
+    bool scan_all = n >= SH_RMAP_BUCKETS;
+    for (uint64_t b = 0; b < (scan_all ? SH_RMAP_BUCKETS : n); b++) {
+        uint32_t bucket = scan_all ? (uint32_t)b : (uint32_t)((first + b) & (SH_RMAP_BUCKETS - 1));
+        for (uint32_t r = s->rmap[bucket]; r != SH_NIL;) {
+            struct sh_node *nd = node_of(s, r);
+            uint32_t next = nd->next;
+            if (nd->key - first < n) {
+                mv__sh_set(s, ref_page(r), ref_idx(r), 0, 0);
+                zapped++;
+            }
+            r = next;
+        }
+    }
+    s->zapped += zapped;
+    return zapped;
+}
+
+bool mv__sh_write_protect(struct sh_domain *s, mv_gfn_t gfn)
+{
+    bool any = false;
+    for (uint32_t r = s->rmap[gfn & (SH_RMAP_BUCKETS - 1)]; r != SH_NIL; r = node_of(s, r)->next) {
+        if (node_of(s, r)->key != gfn)
+            continue;
+        uint64_t *slot = sh_table(s, &s->pages[ref_page(r)]) + ref_idx(r);
+        uint64_t e = sh_read(slot);
+        if (e & X86E_RW) {
+            sh_store(slot, e & ~(X86E_RW | X86E_D));
+            any = true;
+        }
+    }
+    return any;
+}
+
+/* ---- Topup ------------------------------------------------------------------------------ */
+
+static int materialize(struct sh_domain *s, uint32_t pi)
+{
+    mv_domain_t *d = s->d;
+    struct sh_page *sp = &s->pages[pi];
+    size_t nb = SH_ENTRIES * sizeof(struct sh_node);
+    struct sh_node *nodes = mv__meta_alloc(d->h, nb);
+    if (!nodes)
+        return MV_ENOMEM;
+    mv_mfn_t m;
+    int rc = mv__heap_alloc(d->h, 0, d->node_affinity, MV_ALLOC_ZERO, MV_OWNER_TOPUP, &m);
+    if (rc) {
+        mv__meta_free(d->h, nodes, nb);
+        return rc;
+    }
+    for (unsigned i = 0; i < SH_ENTRIES; i++)
+        nodes[i] = (struct sh_node){0, SH_NIL, SH_NIL};
+    sp->nodes = nodes;
+    sp->smfn = m;
+    atomic_fetch_add_explicit(&d->overhead_pages, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&d->overhead_bytes, nb, memory_order_relaxed);
+    return 0;
+}
+
+int mv__sh_topup(mv_vcpu_t *v)
+{
+    struct sh_domain *s = sh_of(v->d);
+    struct sh_vcpu *sv = shv_of(v);
+    for (int round = 0; sv->ntop < SH_TOPUP; round++) {
+        uint32_t fresh[SH_TOPUP];
+        unsigned nfresh = 0;
+        mv_spin_lock(&s->lock);
+        while (sv->ntop + nfresh < SH_TOPUP) {
+            uint32_t pi;
+            if (s->free_head != SH_NIL) {
+                pi = s->free_head;
+                s->free_head = s->pages[pi].fnext;
+                s->pages[pi].state = SLOT_TOPUP;
+                sv->top[sv->ntop++] = pi;
+            } else if (s->empty_head != SH_NIL) {
+                pi = s->empty_head;
+                s->empty_head = s->pages[pi].fnext;
+                s->pages[pi].state = SLOT_TOPUP;
+                fresh[nfresh++] = pi;
+            } else if (!evict_one(s)) {
+                break;
+            }
+        }
+        mv_spin_unlock(&s->lock);
+        int rc = 0;
+        unsigned ok = 0;
+        for (; ok < nfresh && !(rc = materialize(s, fresh[ok])); ok++)
+            ;
+        mv_spin_lock(&s->lock);
+        for (unsigned i = 0; i < nfresh; i++) {
+            if (i < ok) {
+                s->pool_frames++;
+                sv->top[sv->ntop++] = fresh[i];
+            } else {
+                s->pages[fresh[i]].state = SLOT_EMPTY;
+                s->pages[fresh[i]].fnext = s->empty_head;
+                s->empty_head = fresh[i];
+            }
+        }
+        mv_spin_unlock(&s->lock);
+        if (rc)
+            return rc;
+        if (sv->ntop < SH_TOPUP && !nfresh)
+            return MV_ENOMEM; /* every slot is a root or in another vCPU's cache */
+        if (round > 4)
+            return MV_ENOMEM;
+    }
+    return 0;
+}
+
+/* Teardown (no concurrency): every shadow dropped, every slot's frame and nodes returned. */
+void mv__sh_free_all(struct sh_domain *s)
+{
+    mv_domain_t *d = s->d;
+    mv_spin_lock(&s->lock);
+    for (uint32_t i = 0; i < d->nr_vcpus; i++) {
+        struct sh_vcpu *sv = shv_of(d->vcpu[i]);
+        if (!sv)
+            continue;
+        for (unsigned k = 0; k < SH_ROOTS; k++)
+            if (sv->roots[k] != SH_NIL) {
+                s->pages[sv->roots[k]].pins--;
+                sv->roots[k] = SH_NIL;
+            }
+        sv->cur = SH_NIL;
+        while (sv->ntop) {
+            uint32_t pi = sv->top[--sv->ntop];
+            s->pages[pi].state = SLOT_FREE;
+            s->pages[pi].fnext = s->free_head;
+            s->free_head = pi;
+        }
+    }
+    while (s->lru_head != SH_NIL)
+        mv__sh_unshadow(s, s->lru_head);
+    mv__sh_flush_all(s);
+    mv_spin_unlock(&s->lock);
+    size_t nb = SH_ENTRIES * sizeof(struct sh_node);
+    for (uint32_t pi = 0; pi < s->budget; pi++) {
+        struct sh_page *sp = &s->pages[pi];
+        if (sp->smfn == MV_INVALID_MFN)
+            continue;
+        struct mv_frame *f = mv__frame(d->h, sp->smfn);
+        atomic_store_explicit(&f->owner, MV_OWNER_PENDING, memory_order_release);
+        mv__heap_free(d->h, sp->smfn, 0);
+        mv__meta_free(d->h, sp->nodes, nb);
+        atomic_fetch_sub_explicit(&d->overhead_pages, 1, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&d->overhead_bytes, nb, memory_order_relaxed);
+        sp->smfn = MV_INVALID_MFN;
+        sp->nodes = NULL;
+        sp->state = SLOT_EMPTY;
+    }
+    s->free_head = SH_NIL;
+    s->empty_head = SH_NIL;
+    for (uint32_t pi = s->budget; pi-- > 0;) {
+        s->pages[pi].fnext = s->empty_head;
+        s->empty_head = pi;
+    }
+    s->pool_frames = 0;
+    s->any_used = false;
+}

@@ -1,0 +1,176 @@
+/*
+ * shadow/shadow-internal.h - the shadow module's structures, for shadow/ and the tests.
+ *
+ * A shadow page is one machine frame holding 512 x86-64 entries (machine addresses) plus
+ * one metadata node per entry. It is named by (guest frame, type) in a hash: the shadow
+ * of a guest L1..L4 table, or a splinter of a guest 2 MiB (FL1) or 1 GiB (FL2) page keyed
+ * by its first gfn. Nodes chain the shadow's entries into two kinds of reverse maps:
+ *  - a leaf entry (L1, FL1) sits in the rmap bucket of the gfn it maps;
+ *  - an upper entry sits in the parent list of the shadow it points to,
+ * so a p2m change finds every leaf of a gfn, and dropping a shadow finds every entry that
+ * points at it. A node reference is (page index << 9 | entry index).
+ *
+ * Locks: everything here is under the domain's shadow lock (MV_LOCK_RANK_SHADOW), taken
+ * after the p2m lock when the listener runs. Nothing is allocated under it: pool slots
+ * (a frame and its nodes) are materialized before the lock into a per-vCPU topup cache.
+ */
+#ifndef MV_SHADOW_INTERNAL_H
+#define MV_SHADOW_INTERNAL_H
+
+#include <memvirt/shadow.h>
+
+#include "p2m-internal.h"
+
+/* ---- x86-64 entry format (Intel SDM vol. 3, 4.5), declared once ---------------------- */
+#define X86E_P (1ull << 0)
+#define X86E_RW (1ull << 1)
+#define X86E_US (1ull << 2)
+#define X86E_PWT (1ull << 3)
+#define X86E_PCD (1ull << 4)
+#define X86E_A (1ull << 5)
+#define X86E_D (1ull << 6)
+#define X86E_PS (1ull << 7)
+#define X86E_G (1ull << 8)
+#define X86E_NX (1ull << 63)
+#define X86E_ADDR 0x000ffffffffff000ull
+
+/* Shadow types (also the level + 1 of the table's entries for L1..L4). */
+enum sh_type { SH_NONE = 0, SH_L1 = 1, SH_L2 = 2, SH_L3 = 3, SH_L4 = 4, SH_FL1 = 5, SH_FL2 = 6,
+               SH_NR_TYPES = 7 };
+
+static inline bool sh_type_leafy(unsigned t) { return t == SH_L1 || t == SH_FL1; }
+/* A shadow of a guest page-table frame (its gfn must stay read-only). */
+static inline bool sh_type_is_table(unsigned t) { return t >= SH_L1 && t <= SH_L4; }
+
+#define SH_NIL 0xffffffffu
+#define SH_ENTRIES 512u
+#define SH_TOPUP 6u          /* slots one fault may need: L3, L2, L1 or FL2 + FL1, spare */
+#define SH_ROOTS 4u          /* roots a vCPU keeps */
+#define SH_FLOOR_PER_VCPU 16u
+#define SH_RMAP_BUCKETS 4096u
+
+struct sh_node {
+    uint64_t key;  /* leaf: the gfn mapped; upper: the page index pointed at */
+    uint32_t next; /* chain (rmap bucket or parent list) */
+    uint32_t prev;
+};
+
+struct sh_page {
+    mv_mfn_t smfn;           /* the shadow frame, or MV_INVALID_MFN (slot not materialized) */
+    struct sh_node *nodes;   /* [512] */
+    mv_gfn_t gfn;            /* the guest frame (FL1/FL2: first gfn of the superpage) */
+    mv_mfn_t gmfn;           /* the machine frame the p2m gave for gfn when shadowed */
+    uint8_t type;            /* enum sh_type; SH_NONE: free */
+    uint8_t state;           /* SLOT_* */
+    uint16_t pins;           /* vCPU roots holding it */
+    uint32_t hnext;          /* hash chain */
+    uint32_t up;             /* first node of the parent list */
+    uint32_t lru_prev, lru_next;
+    uint32_t fnext;          /* free list */
+};
+
+enum { SLOT_EMPTY = 0, SLOT_FREE = 1, SLOT_TOPUP = 2, SLOT_USED = 3 };
+
+struct sh_domain {
+    mv_domain_t *d;
+    mv_spinlock_t lock;           /* MV_LOCK_RANK_SHADOW */
+    uint32_t budget;              /* slots */
+    struct sh_page *pages;        /* [budget] */
+    uint32_t nbuckets;
+    uint32_t *hash;               /* [nbuckets] page indices */
+    uint32_t rmap[SH_RMAP_BUCKETS];
+    uint32_t free_head;           /* materialized, unused */
+    uint32_t empty_head;          /* not materialized */
+    uint32_t lru_head, lru_tail;  /* most recent at head */
+    uint64_t pool_frames;
+    bool any_used;
+    struct mv_p2m_listener listener;
+    /* statistics */
+    uint64_t by_type[SH_NR_TYPES];
+    uint64_t faults[4];
+    uint64_t emulated, evictions, zapped;
+};
+
+struct sh_vcpu {
+    uint32_t top[SH_TOPUP];
+    uint32_t ntop;
+    uint32_t roots[SH_ROOTS];     /* page indices, pinned; SH_NIL */
+    uint32_t cur;                 /* current root, SH_NIL */
+    uint64_t cr3;
+};
+
+static inline struct sh_domain *sh_of(const mv_domain_t *d)
+{
+    return (struct sh_domain *)d->mod[MV_MOD_SHADOW];
+}
+static inline struct sh_vcpu *shv_of(const mv_vcpu_t *v)
+{
+    return (struct sh_vcpu *)v->mod[MV_MOD_SHADOW];
+}
+static inline uint64_t *sh_table(const struct sh_domain *s, const struct sh_page *sp)
+{
+    return (uint64_t *)mv__mfn_va(s->d->h, sp->smfn);
+}
+static inline uint64_t sh_read(const uint64_t *slot)
+{
+    return atomic_load_explicit((const _Atomic uint64_t *)slot, memory_order_acquire);
+}
+static inline void sh_store(uint64_t *slot, uint64_t v)
+{
+    atomic_store_explicit((_Atomic uint64_t *)slot, v, memory_order_release);
+}
+
+/* ---- walk.c: the guest walker ---------------------------------------------------------- */
+
+struct sh_walk {
+    uint64_t va;
+    uint64_t e[4];         /* entries read, [3] = L4; after A/D update */
+    mv_gfn_t tgfn[4];      /* gfn of the table read at each level */
+    int leaf;              /* level of the leaf entry (0, 1 or 2) */
+    mv_gfn_t gfn;          /* the 4 KiB gfn reached */
+    bool w, u, nx;         /* combined rights */
+    uint32_t pfec;         /* on failure: the error code */
+};
+
+/* Bits of a guest entry at level lv that are reserved (by width, NXE, level, PS). */
+bool mv__sh_reserved(uint64_t e, unsigned lv, unsigned pbits, bool nxe, bool gb);
+/* Read a guest entry at gfn's entry idx (no hold: the caller validates with the p2m seq). */
+int mv__sh_guest_entry(mv_domain_t *d, mv_gfn_t gfn, unsigned idx, uint64_t *e);
+/*
+ * Walk for an access (error-code bits W/U/ID, MV_SHADOW_ACC_*), setting A/D bits as
+ * hardware does when the access is allowed. 0 ok; 1 the guest faults (w->pfec);
+ * MV_EAGAIN the tables changed under us (retry). No lock held.
+ */
+int mv__sh_walk(mv_vcpu_t *v, uint64_t cr3, uint64_t va, uint32_t ec, uint32_t access,
+                struct sh_walk *w);
+
+/* ---- pool.c: slots, hash, rmap, entries --------------------------------------------- */
+
+int mv__sh_topup(mv_vcpu_t *v);
+uint32_t mv__sh_lookup(struct sh_domain *s, mv_gfn_t gfn, unsigned type);
+/* A new shadow from the vCPU's topup (lock held); write-protects gfn for table types. */
+uint32_t mv__sh_create(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn, unsigned type,
+                       mv_mfn_t gmfn);
+bool mv__sh_gfn_is_table(struct sh_domain *s, mv_gfn_t gfn);
+/* Set entry idx of page pi (lock held): key is the gfn (leafy pages) or the child page. */
+void mv__sh_set(struct sh_domain *s, uint32_t pi, unsigned idx, uint64_t val, uint64_t key);
+void mv__sh_unshadow(struct sh_domain *s, uint32_t pi);
+void mv__sh_touch(struct sh_domain *s, uint32_t pi);
+/* Remove every leaf that maps a gfn in [first, first + n); the count removed. */
+uint64_t mv__sh_zap_gfns(struct sh_domain *s, mv_gfn_t first, uint64_t n);
+/* Clear RW in every leaf that maps gfn. */
+bool mv__sh_write_protect(struct sh_domain *s, mv_gfn_t gfn);
+void mv__sh_flush_all(struct sh_domain *s);
+void mv__sh_free_all(struct sh_domain *s);
+
+/* ---- shadow.c ----------------------------------------------------------------------- */
+/* The shadow entry for guest entry e at level lv of a table shadow (lock held). */
+uint64_t mv__sh_propagate(struct sh_domain *s, unsigned lv, uint64_t e, bool nxe, bool gb,
+                          uint64_t *key);
+/* A leaf for gfn with the guest rights given (lock held, p2m seq checked by caller). */
+uint64_t mv__sh_leaf(struct sh_domain *s, mv_gfn_t gfn, uint64_t grights, bool nxe);
+
+void mv__sh_audit(mv_host_t *h, struct mv_audit_ctx *ac);
+extern const struct mv_module_ops mv__shadow_module;
+
+#endif

@@ -1,0 +1,693 @@
+/*
+ * shadow/shadow.c - the shadow module: per-domain and per-vCPU state, the entry points a
+ * hypervisor calls from its traps (CR3 loads, page faults, emulated writes, INVLPG,
+ * flushes), the propagation of guest entries into shadow entries and the p2m listener.
+ *
+ * Every locked path has the same shape: topup (no lock) -> shadow lock -> re-check what
+ * was read before the lock (guest entries, the p2m's in-progress count) -> commit, which
+ * cannot fail -> unlock -> whatever must run with no lock (dirty marking, puts).
+ *
+ * Coherence (ARCHITECTURE.md "Decisions"): a leaf is built from a p2m read only while no
+ * p2m change is in progress, checked under the shadow lock: a change that starts later
+ * has to take that lock in its listener and zaps what we installed. Guest entries read
+ * before the lock are read again under it, after every table frame on the path has a
+ * shadow (and so is write-protected): from then on every change to them comes through
+ * mv_shadow_emulate_write, under the same lock.
+ */
+#include <stdlib.h>
+
+#include "shadow-internal.h"
+
+/* ---- Propagation: guest entry -> shadow entry --------------------------------------- */
+
+uint64_t mv__sh_leaf(struct sh_domain *s, mv_gfn_t gfn, uint64_t g, bool nxe)
+{
+    struct mv_p2m_entry pe;
+    if (mv_p2m_in_progress(s->d) || mv_p2m_lookup(s->d, gfn, &pe) || !(pe.access & MV_P2M_R))
+        return 0;
+    bool w;
+    if (p2m_is_ram(pe.type))
+        w = pe.type == MV_P2M_RAM_RW && (pe.access & MV_P2M_W) && !mv__sh_gfn_is_table(s, gfn);
+    else if (pe.type == MV_P2M_MMIO_DIRECT)
+        w = (pe.access & MV_P2M_W) != 0;
+    else
+        return 0;
+    w = w && (g & X86E_RW) && (g & X86E_D);
+    uint64_t e = ((uint64_t)pe.mfn << MV_PAGE_SHIFT) & X86E_ADDR;
+    e |= X86E_P | X86E_A | (g & (X86E_US | X86E_G | X86E_PWT | X86E_PCD));
+    if (w)
+        e |= X86E_RW | X86E_D;
+    if (nxe && ((g & X86E_NX) || !(pe.access & MV_P2M_X)))
+        e |= X86E_NX;
+    return e;
+}
+
+/* The shadow a guest entry at level lv (1..3) points to: type and key gfn. */
+static unsigned child_of(unsigned lv, uint64_t e, mv_gfn_t *gfn)
+{
+    mv_gfn_t g = (e & X86E_ADDR) >> MV_PAGE_SHIFT;
+    if (lv == 1 && (e & X86E_PS)) {
+        *gfn = g & ~511ull;
+        return SH_FL1;
+    }
+    if (lv == 2 && (e & X86E_PS)) {
+        *gfn = g & ~((1ull << 18) - 1);
+        return SH_FL2;
+    }
+    *gfn = g;
+    return lv; /* the table one level down: SH_L1 for lv 1 ... */
+}
+
+static uint64_t upper_entry(const struct sh_page *child, uint64_t g, bool nxe)
+{
+    uint64_t e = (child->smfn << MV_PAGE_SHIFT) | X86E_P | X86E_A;
+    e |= g & (X86E_US | X86E_PWT | X86E_PCD);
+    if ((g & X86E_RW) && (!(g & X86E_PS) || (g & X86E_D)))
+        e |= X86E_RW;
+    if (nxe && (g & X86E_NX))
+        e |= X86E_NX;
+    return e;
+}
+
+uint64_t mv__sh_propagate(struct sh_domain *s, unsigned lv, uint64_t e, bool nxe, bool gb,
+                          uint64_t *key)
+{
+    *key = 0;
+    if (!(e & X86E_P) || !(e & X86E_A) || mv__sh_reserved(e, lv, s->d->phys_bits, nxe, gb))
+        return 0;
+    if (lv == 0) {
+        *key = (e & X86E_ADDR) >> MV_PAGE_SHIFT;
+        return mv__sh_leaf(s, *key, e, nxe);
+    }
+    mv_gfn_t cg;
+    unsigned ct = child_of(lv, e, &cg);
+    uint32_t ci = mv__sh_lookup(s, cg, ct);
+    if (ci == SH_NIL)
+        return 0; /* built on demand by the next fault */
+    *key = ci;
+    return upper_entry(&s->pages[ci], e, nxe);
+}
+
+/* ---- Module hooks --------------------------------------------------------------------- */
+
+static void listen_start(void *ctx, mv_domain_t *d, mv_gfn_t first, uint64_t count);
+static void listen_end(void *ctx, mv_domain_t *d, mv_gfn_t first, uint64_t count);
+
+static uint32_t pow2_at_least(uint64_t n)
+{
+    uint32_t b = 64;
+    while (b < n && b < (1u << 24))
+        b <<= 1;
+    return b;
+}
+
+static void free_arrays(mv_host_t *h, struct sh_domain *s)
+{
+    mv__meta_free(h, s->pages, (size_t)s->budget * sizeof(struct sh_page));
+    mv__meta_free(h, s->hash, (size_t)s->nbuckets * sizeof(uint32_t));
+    s->pages = NULL;
+    s->hash = NULL;
+}
+
+static int alloc_arrays(mv_host_t *h, struct sh_domain *s, uint32_t budget)
+{
+    s->budget = budget;
+    s->nbuckets = pow2_at_least(budget);
+    s->pages = mv__meta_alloc(h, (size_t)budget * sizeof(struct sh_page));
+    s->hash = mv__meta_alloc(h, (size_t)s->nbuckets * sizeof(uint32_t));
+    if (!s->pages || !s->hash) {
+        free_arrays(h, s);
+        return MV_ENOMEM;
+    }
+    for (uint32_t i = 0; i < s->nbuckets; i++)
+        s->hash[i] = SH_NIL;
+    s->empty_head = SH_NIL;
+    for (uint32_t i = budget; i-- > 0;) {
+        s->pages[i] = (struct sh_page){.smfn = MV_INVALID_MFN, .hnext = SH_NIL, .up = SH_NIL,
+                                       .lru_prev = SH_NIL, .lru_next = SH_NIL,
+                                       .fnext = s->empty_head};
+        s->empty_head = i;
+    }
+    s->free_head = SH_NIL;
+    s->lru_head = s->lru_tail = SH_NIL;
+    return 0;
+}
+
+static void sh_domain_free(mv_domain_t *d)
+{
+    struct sh_domain *s = sh_of(d);
+    if (!s)
+        return;
+    mv_host_t *h = d->h;
+    if (s->pages)
+        mv__sh_free_all(s);
+    for (uint32_t i = 0; i < d->nr_vcpus; i++) {
+        mv__meta_free(h, d->vcpu[i]->mod[MV_MOD_SHADOW], sizeof(struct sh_vcpu));
+        d->vcpu[i]->mod[MV_MOD_SHADOW] = NULL;
+    }
+    free_arrays(h, s);
+    mv__meta_free(h, s, sizeof(*s));
+    d->mod[MV_MOD_SHADOW] = NULL;
+}
+
+static int sh_domain_init(mv_domain_t *d)
+{
+    if (d->paging != MV_PAGING_SHADOW)
+        return 0;
+    mv_host_t *h = d->h;
+    struct sh_domain *s = mv__meta_alloc(h, sizeof(*s));
+    if (!s)
+        return MV_ENOMEM;
+    s->d = d;
+    mv_spin_init(&s->lock, MV_LOCK_RANK_SHADOW);
+    for (unsigned i = 0; i < SH_RMAP_BUCKETS; i++)
+        s->rmap[i] = SH_NIL;
+    d->mod[MV_MOD_SHADOW] = s;
+    int rc = alloc_arrays(h, s, 256 + SH_FLOOR_PER_VCPU * d->nr_vcpus);
+    for (uint32_t i = 0; !rc && i < d->nr_vcpus; i++) {
+        struct sh_vcpu *sv = mv__meta_alloc(h, sizeof(*sv));
+        if (!sv) {
+            rc = MV_ENOMEM;
+            break;
+        }
+        for (unsigned k = 0; k < SH_ROOTS; k++)
+            sv->roots[k] = SH_NIL;
+        sv->cur = SH_NIL;
+        d->vcpu[i]->mod[MV_MOD_SHADOW] = sv;
+    }
+    s->listener = (struct mv_p2m_listener){.ctx = s, .invalidate_start = listen_start,
+                                           .invalidate_end = listen_end};
+    if (!rc)
+        rc = mv_p2m_register_listener(d, &s->listener);
+    if (rc)
+        sh_domain_free(d);
+    else
+        atomic_fetch_add_explicit(&d->overhead_bytes, sizeof(*s), memory_order_relaxed);
+    return rc;
+}
+
+static int sh_domain_teardown(mv_domain_t *d)
+{
+    struct sh_domain *s = sh_of(d);
+    if (!s)
+        return 0;
+    mv_p2m_unregister_listener(d, &s->listener);
+    mv__sh_free_all(s);
+    return 0;
+}
+
+const struct mv_module_ops mv__shadow_module = {
+    .name = "shadow",
+    .domain_init = sh_domain_init,
+    .domain_teardown = sh_domain_teardown,
+    .domain_free = sh_domain_free,
+    .recount = NULL, /* shadow entries hold no references */
+    .audit = mv__sh_audit,
+};
+
+/* ---- Argument checks ------------------------------------------------------------------- */
+
+static int vcpu_ok(mv_vcpu_t *v, struct sh_domain **s)
+{
+    if (!v || !(*s = sh_of(v->d)) || !shv_of(v))
+        return MV_EINVAL;
+    if (mv__domain_dying(v->d))
+        return MV_ESRCH;
+    return 0;
+}
+
+static bool nxe_of(const mv_vcpu_t *v) { return (v->state.efer & MV_EFER_NXE) != 0; }
+static bool gb_of(const mv_vcpu_t *v) { return (v->state.flags & MV_VCPUF_GBPAGES) != 0; }
+
+/* ---- CR3 -------------------------------------------------------------------------------- */
+
+/* Make pi the vCPU's current root, pinned among its recent roots (lock held). */
+static void use_root(struct sh_domain *s, struct sh_vcpu *sv, uint32_t pi)
+{
+    unsigned k;
+    for (k = 0; k < SH_ROOTS && sv->roots[k] != pi; k++)
+        ;
+    if (k == SH_ROOTS) {
+        k = SH_ROOTS - 1;
+        if (sv->roots[k] != SH_NIL)
+            s->pages[sv->roots[k]].pins--;
+        s->pages[pi].pins++;
+    }
+    for (; k > 0; k--)
+        sv->roots[k] = sv->roots[k - 1];
+    sv->roots[0] = pi;
+    sv->cur = pi;
+    mv__sh_touch(s, pi);
+}
+
+MV_API int mv_shadow_set_cr3(mv_vcpu_t *v, uint64_t guest_cr3, mv_paddr_t *root)
+{
+    struct sh_domain *s;
+    int rc = vcpu_ok(v, &s);
+    if (rc)
+        return rc;
+    if (!root || ((guest_cr3 & ~(1ull << 63)) >> v->d->phys_bits))
+        return MV_EINVAL;
+    mv_gfn_t gfn = (guest_cr3 & X86E_ADDR) >> MV_PAGE_SHIFT;
+    struct mv_p2m_entry pe;
+    if (mv_p2m_lookup(v->d, gfn, &pe) || !p2m_is_ram(pe.type))
+        return MV_EFAULT;
+    if ((rc = mv__sh_topup(v)))
+        return rc;
+    struct sh_vcpu *sv = shv_of(v);
+    mv_spin_lock(&s->lock);
+    uint32_t pi = mv__sh_lookup(s, gfn, SH_L4);
+    if (pi == SH_NIL)
+        pi = mv__sh_create(s, sv, gfn, SH_L4, pe.mfn);
+    use_root(s, sv, pi);
+    sv->cr3 = guest_cr3;
+    *root = s->pages[pi].smfn << MV_PAGE_SHIFT;
+    mv_spin_unlock(&s->lock);
+    return 0;
+}
+
+/* ---- Page faults ---------------------------------------------------------------------- */
+
+/* A shadow of (gfn, type), found or created (lock held, topup available). */
+static uint32_t get_shadow(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn, unsigned type)
+{
+    uint32_t pi = mv__sh_lookup(s, gfn, type);
+    if (pi != SH_NIL) {
+        mv__sh_touch(s, pi);
+        return pi;
+    }
+    mv_mfn_t gm = MV_INVALID_MFN;
+    struct mv_p2m_entry pe;
+    if (sh_type_is_table(type) && !mv_p2m_lookup(s->d, gfn, &pe))
+        gm = pe.mfn;
+    return mv__sh_create(s, sv, gfn, type, gm);
+}
+
+/* Are the guest entries the walk read still there? (lock held; A/D ignored) */
+static bool walk_still_valid(struct sh_domain *s, const struct sh_walk *w)
+{
+    for (int l = 3; l >= w->leaf; l--) {
+        uint64_t e;
+        unsigned idx = (unsigned)((w->va >> (12 + 9 * l)) & 511);
+        if (mv__sh_guest_entry(s->d, w->tgfn[l], idx, &e) ||
+            ((e ^ w->e[l]) & ~(X86E_A | X86E_D)))
+            return false;
+    }
+    return true;
+}
+
+/* Build the shadows for the walk down to the leaf (lock held, topup full). */
+static void build(struct sh_domain *s, struct sh_vcpu *sv, const struct sh_walk *w, bool nxe,
+                  bool gb)
+{
+    uint32_t pi = sv->cur;
+    uint64_t va = w->va;
+    for (int l = 3; l > w->leaf; l--) {
+        unsigned idx = (unsigned)((va >> (12 + 9 * l)) & 511);
+        mv_gfn_t cg;
+        unsigned ct = child_of((unsigned)l, w->e[l], &cg);
+        uint32_t ci = get_shadow(s, sv, cg, ct);
+        mv__sh_set(s, pi, idx, upper_entry(&s->pages[ci], w->e[l], nxe), ci);
+        pi = ci;
+    }
+    unsigned idx = (unsigned)((va >> (12 + 9 * w->leaf)) & 511);
+    if (w->leaf == 0) {
+        mv__sh_set(s, pi, idx, mv__sh_leaf(s, w->gfn, w->e[0], nxe), w->gfn);
+        return;
+    }
+    /* A guest superpage: splinter shadows, rights kept in the entry above. */
+    mv_gfn_t cg;
+    unsigned ct = child_of((unsigned)w->leaf, w->e[w->leaf], &cg);
+    uint32_t ci = get_shadow(s, sv, cg, ct);
+    mv__sh_set(s, pi, idx, upper_entry(&s->pages[ci], w->e[w->leaf], nxe), ci);
+    pi = ci;
+    if (ct == SH_FL2) {
+        unsigned i1 = (unsigned)((va >> 21) & 511);
+        mv_gfn_t g1 = cg + ((mv_gfn_t)i1 << 9);
+        uint32_t fi = get_shadow(s, sv, g1, SH_FL1);
+        mv__sh_set(s, pi, i1, upper_entry(&s->pages[fi], X86E_RW | X86E_US, nxe), fi);
+        pi = fi;
+    }
+    const uint64_t full = X86E_RW | X86E_US | X86E_D;
+    mv__sh_set(s, pi, (unsigned)((va >> 12) & 511), mv__sh_leaf(s, w->gfn, full, nxe), w->gfn);
+    (void)gb;
+}
+
+static int fault_outcome(struct sh_domain *s, struct mv_shadow_outcome *out, uint32_t kind,
+                         uint32_t ec, mv_paddr_t gpa)
+{
+    out->kind = kind;
+    out->error_code = ec;
+    out->gpa = gpa;
+    mv_spin_lock(&s->lock);
+    s->faults[kind]++;
+    mv_spin_unlock(&s->lock);
+    return 0;
+}
+
+MV_API int mv_shadow_page_fault(mv_vcpu_t *v, uint64_t gva, uint32_t error_code, uint32_t access,
+                                struct mv_shadow_outcome *out)
+{
+    struct sh_domain *s;
+    int rc = vcpu_ok(v, &s);
+    if (rc)
+        return rc;
+    if (!out || (access & ~(MV_SHADOW_ACC_AC | MV_SHADOW_ACC_IMPLICIT)))
+        return MV_EINVAL;
+    struct sh_vcpu *sv = shv_of(v);
+    if (sv->cur == SH_NIL) {
+        mv_paddr_t r;
+        if ((rc = mv_shadow_set_cr3(v, v->state.cr3, &r)))
+            return rc;
+    }
+    bool nxe = nxe_of(v), gb = gb_of(v), write = (error_code & MV_PFEC_W) != 0;
+    struct sh_walk w;
+    for (int tries = 0;; tries++) {
+        rc = mv__sh_walk(v, sv->cr3, gva, error_code, access, &w);
+        if (rc != MV_EAGAIN || tries == 8)
+            break;
+    }
+    if (rc == MV_EAGAIN)
+        return fault_outcome(s, out, MV_SHADOW_FIXED, 0, 0); /* the guest races itself */
+    if (rc < 0)
+        return rc;
+    if (rc == 1)
+        return fault_outcome(s, out, MV_SHADOW_INJECT, w.pfec, 0);
+    mv_paddr_t gpa = (w.gfn << MV_PAGE_SHIFT) | (gva & (MV_PAGE_SIZE - 1));
+    struct mv_p2m_entry pe;
+    if (mv_p2m_lookup(v->d, w.gfn, &pe) ||
+        !(p2m_is_ram(pe.type) || (pe.type == MV_P2M_MMIO_DIRECT && !(error_code & MV_PFEC_ID))))
+        return fault_outcome(s, out, MV_SHADOW_MMIO, 0, gpa);
+    if (write) {
+        if (pe.type == MV_P2M_RAM_SHARED)
+            return MV_EOPNOTSUPP; /* unsharing belongs to the sharing module */
+        if (pe.type == MV_P2M_RAM_RO || !w.w)
+            return fault_outcome(s, out, MV_SHADOW_EMULATE, 0, gpa);
+        if (pe.type == MV_P2M_RAM_LOGDIRTY && (rc = mv_p2m_write_fault(v->d, w.gfn)))
+            return rc;
+    }
+    if ((rc = mv__sh_topup(v)))
+        return rc;
+    mv_spin_lock(&s->lock);
+    uint32_t kind = MV_SHADOW_FIXED;
+    if (mv_p2m_in_progress(v->d) || !walk_still_valid(s, &w)) {
+        /* retry: a p2m change or a guest table write raced with us */
+    } else if (write && mv__sh_gfn_is_table(s, w.gfn)) {
+        kind = MV_SHADOW_EMULATE;
+    } else {
+        build(s, sv, &w, nxe, gb);
+        /* Building may have shadowed the leaf's own frame (a self-map): emulate then. */
+        if (write && mv__sh_gfn_is_table(s, w.gfn))
+            kind = MV_SHADOW_EMULATE;
+    }
+    s->faults[kind]++;
+    mv_spin_unlock(&s->lock);
+    out->kind = kind;
+    out->error_code = 0;
+    out->gpa = kind == MV_SHADOW_EMULATE ? gpa : 0;
+    return 0;
+}
+
+MV_API int mv_shadow_gva_to_gpa(mv_vcpu_t *v, uint64_t gva, uint32_t error_code, uint32_t access,
+                                mv_paddr_t *gpa, uint32_t *pfec)
+{
+    struct sh_domain *s;
+    int rc = vcpu_ok(v, &s);
+    if (rc)
+        return rc;
+    if (!gpa || !pfec)
+        return MV_EINVAL;
+    struct sh_vcpu *sv = shv_of(v);
+    uint64_t cr3 = sv->cur == SH_NIL ? v->state.cr3 : sv->cr3;
+    struct sh_walk w;
+    for (int tries = 0; tries < 8; tries++) {
+        rc = mv__sh_walk(v, cr3, gva, error_code, access, &w);
+        if (rc != MV_EAGAIN)
+            break;
+    }
+    if (rc < 0)
+        return rc;
+    if (rc == 1) {
+        *pfec = w.pfec;
+        return MV_EFAULT;
+    }
+    *pfec = 0;
+    *gpa = (w.gfn << MV_PAGE_SHIFT) | (gva & (MV_PAGE_SIZE - 1));
+    return 0;
+}
+
+/* ---- Emulated writes -------------------------------------------------------------------- */
+
+/*
+ * Revalidate entries [first, last] of every shadow of gfn from the guest frame at va
+ * (lock held). True when an entry changed (the caller flushes).
+ */
+static bool revalidate(struct sh_domain *s, mv_gfn_t gfn, const uint64_t *gva_tab,
+                       unsigned first, unsigned last, bool nxe, bool gb)
+{
+    bool changed = false;
+    for (unsigned t = SH_L1; t <= SH_L4; t++) {
+        uint32_t pi = mv__sh_lookup(s, gfn, t);
+        if (pi == SH_NIL)
+            continue;
+        uint64_t *st = sh_table(s, &s->pages[pi]);
+        for (unsigned i = first; i <= last; i++) {
+            uint64_t key, ne = mv__sh_propagate(s, t - 1, sh_read(&gva_tab[i]), nxe, gb, &key);
+            if (ne != st[i]) {
+                mv__sh_set(s, pi, i, ne, key);
+                changed = true;
+            }
+        }
+    }
+    return changed;
+}
+
+static int emulate(mv_vcpu_t *v, mv_paddr_t gpa, const void *bytes, size_t len, bool cmp,
+                   uint64_t *expected)
+{
+    struct sh_domain *s;
+    int rc = vcpu_ok(v, &s);
+    if (rc)
+        return rc;
+    if (!bytes || !len || len > MV_PAGE_SIZE || (gpa & (MV_PAGE_SIZE - 1)) + len > MV_PAGE_SIZE)
+        return MV_EINVAL;
+    mv_domain_t *d = v->d;
+    mv_gfn_t gfn = gpa >> MV_PAGE_SHIFT;
+    struct mv_p2m_entry pe;
+    if (mv_p2m_lookup(d, gfn, &pe) || !p2m_is_ram(pe.type))
+        return MV_EFAULT;
+    if (pe.type == MV_P2M_RAM_RO)
+        return MV_EACCES;
+    if (pe.type == MV_P2M_RAM_SHARED)
+        return MV_EOPNOTSUPP;
+    /* Hold the target across the write (XSA-219): a decrease cannot free it under us. */
+    struct mv_frame *f = mv__frame(d->h, pe.mfn);
+    if (!f || mv__get_page(d, f))
+        return MV_EFAULT;
+    unsigned off = (unsigned)(gpa & (MV_PAGE_SIZE - 1));
+    uint8_t *page = (uint8_t *)mv__mfn_va(d->h, pe.mfn);
+    mv_spin_lock(&s->lock);
+    struct mv_p2m_entry now;
+    if (mv_p2m_lookup(d, gfn, &now) || now.mfn != pe.mfn || !p2m_is_ram(now.type) ||
+        now.type == MV_P2M_RAM_RO || now.type == MV_P2M_RAM_SHARED) {
+        rc = MV_EFAULT; /* removed or retyped between the fault and the write */
+    } else if (cmp) {
+        uint64_t cur = 0;
+        memcpy(&cur, page + off, len);
+        if (cur != *expected) {
+            *expected = cur;
+            rc = MV_EAGAIN;
+        } else {
+            memcpy(page + off, bytes, len);
+        }
+    } else {
+        memcpy(page + off, bytes, len);
+    }
+    if (!rc) {
+        if (revalidate(s, gfn, (const uint64_t *)page, off / 8, (off + (unsigned)len - 1) / 8,
+                       nxe_of(v), gb_of(v)))
+            mv__sh_flush_all(s);
+        s->emulated++;
+    }
+    mv_spin_unlock(&s->lock);
+    mv__put_page(d->h, f);
+    if (!rc)
+        rc = mv__p2m_engine_wrote(d, gfn, 1);
+    return rc;
+}
+
+MV_API int mv_shadow_emulate_write(mv_vcpu_t *v, mv_paddr_t gpa, const void *bytes, size_t len)
+{
+    return emulate(v, gpa, bytes, len, false, NULL);
+}
+
+MV_API int mv_shadow_emulate_cmpxchg(mv_vcpu_t *v, mv_paddr_t gpa, uint64_t *expected,
+                                     uint64_t desired, size_t len)
+{
+    if (!expected || (len != 1 && len != 2 && len != 4 && len != 8) || (gpa & (len - 1)))
+        return MV_EINVAL;
+    uint64_t mask = len == 8 ? ~0ull : (1ull << (8 * len)) - 1;
+    if ((*expected & ~mask) || (desired & ~mask))
+        return MV_EINVAL;
+    return emulate(v, gpa, &desired, len, true, expected);
+}
+
+/* ---- INVLPG, flushes ------------------------------------------------------------------- */
+
+MV_API int mv_shadow_invlpg(mv_vcpu_t *v, uint64_t gva)
+{
+    struct sh_domain *s;
+    int rc = vcpu_ok(v, &s);
+    if (rc)
+        return rc;
+    struct sh_vcpu *sv = shv_of(v);
+    mv_spin_lock(&s->lock);
+    uint32_t pi = sv->cur;
+    for (int l = 3; pi != SH_NIL; l--) {
+        struct sh_page *sp = &s->pages[pi];
+        unsigned idx = (unsigned)((gva >> (12 + 9 * (sp->type == SH_FL1 ? 0 : sp->type == SH_FL2
+                                                                         ? 1 : sp->type - 1))) & 511);
+        uint64_t e = sh_table(s, sp)[idx];
+        if (!(e & X86E_P))
+            break;
+        if (sh_type_leafy(sp->type)) {
+            mv__sh_set(s, pi, idx, 0, 0);
+            s->zapped++;
+            break;
+        }
+        pi = (uint32_t)sp->nodes[idx].key;
+        (void)l;
+    }
+    struct mv_flush_request req = {.domid = (mv_domid_t)v->d->domid,
+                                   .scope = MV_FLUSH_LINEAR_ONE, .nr_vcpus = v->d->nr_vcpus,
+                                   .linear = gva};
+    req.vcpu_mask[v->id / 64] |= 1ull << (v->id % 64);
+    mv__flush(v->d->h, &req);
+    mv_spin_unlock(&s->lock);
+    return 0;
+}
+
+MV_API int mv_shadow_flush(mv_vcpu_t *v)
+{
+    struct sh_domain *s;
+    int rc = vcpu_ok(v, &s);
+    if (rc)
+        return rc;
+    struct mv_flush_request req = {.domid = (mv_domid_t)v->d->domid,
+                                   .scope = MV_FLUSH_LINEAR_ALL, .nr_vcpus = v->d->nr_vcpus};
+    req.vcpu_mask[v->id / 64] |= 1ull << (v->id % 64);
+    mv__flush(v->d->h, &req);
+    return 0;
+}
+
+MV_API int mv_shadow_blow(mv_domain_t *d)
+{
+    struct sh_domain *s = d ? sh_of(d) : NULL;
+    if (!s)
+        return MV_EINVAL;
+    mv_spin_lock(&s->lock);
+    for (uint32_t pi = s->lru_head; pi != SH_NIL;) {
+        uint32_t next = s->pages[pi].lru_next;
+        if (!s->pages[pi].pins)
+            mv__sh_unshadow(s, pi);
+        pi = next;
+    }
+    mv__sh_flush_all(s);
+    mv_spin_unlock(&s->lock);
+    return 0;
+}
+
+/* ---- The p2m listener ------------------------------------------------------------------ */
+
+static void listen_start(void *ctx, mv_domain_t *d, mv_gfn_t first, uint64_t count)
+{
+    struct sh_domain *s = ctx;
+    (void)d;
+    mv_spin_lock(&s->lock);
+    if (mv__sh_zap_gfns(s, first, count))
+        mv__sh_flush_all(s);
+    mv_spin_unlock(&s->lock);
+}
+
+/* A guest table whose gfn no longer maps the frame we shadowed goes with it. */
+static bool stale_table(struct sh_domain *s, const struct sh_page *sp)
+{
+    struct mv_p2m_entry pe;
+    return mv_p2m_lookup(s->d, sp->gfn, &pe) || !p2m_is_ram(pe.type) || pe.mfn != sp->gmfn;
+}
+
+static void listen_end(void *ctx, mv_domain_t *d, mv_gfn_t first, uint64_t count)
+{
+    struct sh_domain *s = ctx;
+    (void)d;
+    bool any = false;
+    mv_spin_lock(&s->lock);
+    for (uint32_t pi = s->lru_head; pi != SH_NIL;) {
+        struct sh_page *sp = &s->pages[pi];
+        uint32_t next = sp->lru_next;
+        if (sh_type_is_table(sp->type) && sp->gfn - first < count && stale_table(s, sp)) {
+            /* A root a vCPU holds stays, emptied: its CR3 names a hole now. */
+            if (sp->pins) {
+                uint64_t *t = sh_table(s, sp);
+                for (unsigned i = 0; i < SH_ENTRIES; i++)
+                    if (t[i])
+                        mv__sh_set(s, pi, i, 0, 0);
+            } else {
+                mv__sh_unshadow(s, pi);
+            }
+            any = true;
+        }
+        pi = next;
+    }
+    if (any)
+        mv__sh_flush_all(s);
+    mv_spin_unlock(&s->lock);
+}
+
+/* ---- Budget and statistics ---------------------------------------------------------------- */
+
+MV_API int mv_shadow_set_budget(mv_domain_t *d, uint64_t frames)
+{
+    struct sh_domain *s = d ? sh_of(d) : NULL;
+    if (!s)
+        return MV_EINVAL;
+    if (frames < (uint64_t)SH_FLOOR_PER_VCPU * d->nr_vcpus || frames > (1u << 22))
+        return MV_EINVAL;
+    if (s->any_used || s->pool_frames)
+        return MV_EBUSY;
+    struct sh_domain tmp = *s;
+    int rc = alloc_arrays(d->h, &tmp, (uint32_t)frames);
+    if (rc)
+        return rc;
+    free_arrays(d->h, s);
+    s->budget = tmp.budget;
+    s->nbuckets = tmp.nbuckets;
+    s->pages = tmp.pages;
+    s->hash = tmp.hash;
+    s->empty_head = tmp.empty_head;
+    s->free_head = SH_NIL;
+    s->lru_head = s->lru_tail = SH_NIL;
+    return 0;
+}
+
+MV_API int mv_shadow_stats(const mv_domain_t *d, struct mv_shadow_stats *st)
+{
+    struct sh_domain *s = d ? sh_of(d) : NULL;
+    if (!s)
+        return MV_EINVAL;
+    int rc = mv__prepare_out(st, sizeof(*st));
+    if (rc)
+        return rc;
+    mv_spin_lock(&s->lock);
+    st->budget = s->budget;
+    st->pool_frames = s->pool_frames;
+    for (unsigned t = 0; t < SH_NR_TYPES; t++)
+        st->shadows[t] = s->by_type[t];
+    for (unsigned k = 0; k < 4; k++)
+        st->faults[k] = s->faults[k];
+    st->emulated_writes = s->emulated;
+    st->evictions = s->evictions;
+    st->zapped = s->zapped;
+    mv_spin_unlock(&s->lock);
+    return 0;
+}
