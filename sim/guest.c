@@ -19,6 +19,7 @@
  * process (and checks them), and only then frees the frames, so no vCPU can reach a frame
  * after it has been reused.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,6 +50,7 @@ struct proc {
 };
 
 struct mv_sim_guest {
+    pthread_mutex_t lock; /* everything below but the vCPUs' TLBs and ubuf slices */
     mv_sim_t *s;
     mv_domain_t *d;
     struct mv_sim_guest_config c;
@@ -74,7 +76,8 @@ struct mv_sim_guest {
     uint64_t npend, cappend;
     int gpid; /* the process the gather is for */
     struct mv_sim_guest_stats st;
-    uint64_t buf[512], buf2[512];
+    uint64_t buf[512];
+    uint64_t *ubuf;    /* a page per vCPU for user accesses (made without the lock) */
 };
 
 static uint64_t mix(uint64_t z)
@@ -266,6 +269,11 @@ static int shootdown(mv_sim_guest_t *g, int pid, bool all)
             continue;
         struct mv_sim_vcpu *sv = g->sv[v];
         int rc = 0;
+        if (g->c.threaded && v != g->vc) {
+            /* Another thread's vCPU: the IPI. It checks itself when it next runs. */
+            mv_sim_vcpu_kick_flush(sv);
+            continue;
+        }
         if (all) {
             if (g->c.hvm)
                 mv_sim_flush_tlb(sv);
@@ -379,6 +387,15 @@ static struct proc *cur(mv_sim_guest_t *g, uint32_t vc)
     return vc < g->c.nr_vcpus ? proc_of(g, g->running[vc]) : NULL;
 }
 
+/* Threaded: pid runs on a vCPU other than vcpu (a process runs on one vCPU at a time). */
+static bool busy_elsewhere(const mv_sim_guest_t *g, uint32_t vcpu, int pid)
+{
+    for (uint32_t v = 0; g->c.threaded && pid >= 0 && v < g->c.nr_vcpus; v++)
+        if (v != vcpu && g->running[v] == pid)
+            return true;
+    return false;
+}
+
 static int new_l4(mv_sim_guest_t *g, mv_gfn_t *out)
 {
     int rc = table_alloc(g, out);
@@ -422,30 +439,32 @@ static int load_root(mv_sim_guest_t *g, uint32_t vc, mv_gfn_t l4)
     return mmuext(g, vc, MV_PV_NEW_BASEPTR, g->mfn[l4]);
 }
 
-int mv_sim_guest_switch(mv_sim_guest_t *g, uint32_t vcpu, int pid)
+static int locked_switch(mv_sim_guest_t *g, uint32_t vcpu, int pid)
 {
     if (!g || vcpu >= g->c.nr_vcpus || (pid >= 0 && !proc_of(g, pid)))
         return MV_EINVAL;
     g->st.ops[MV_SIM_GOP_SWITCH]++;
     if (g->running[vcpu] == pid)
         return 0;
+    if (busy_elsewhere(g, vcpu, pid))
+        return MV_EBUSY;
     int rc = load_root(g, vcpu, pid < 0 ? g->idle_l4 : g->p[pid].l4);
     if (!rc)
         g->running[vcpu] = pid;
     return rc;
 }
 
-int mv_sim_guest_current(const mv_sim_guest_t *g, uint32_t vcpu)
+static int locked_current(const mv_sim_guest_t *g, uint32_t vcpu)
 {
     return vcpu < g->c.nr_vcpus ? g->running[vcpu] : -1;
 }
 
-bool mv_sim_guest_alive(const mv_sim_guest_t *g, int pid)
+static bool locked_alive(const mv_sim_guest_t *g, int pid)
 {
     return pid >= 0 && (uint32_t)pid < g->np && g->p[pid].live;
 }
 
-int mv_sim_guest_spawn(mv_sim_guest_t *g, uint32_t vcpu, int *pid)
+static int locked_spawn(mv_sim_guest_t *g, uint32_t vcpu, int *pid)
 {
     if (!g || vcpu >= g->c.nr_vcpus || !pid)
         return MV_EINVAL;
@@ -490,7 +509,7 @@ static int add_vma(struct proc *p, const struct vma *src)
     return 0;
 }
 
-int mv_sim_guest_mmap(mv_sim_guest_t *g, uint32_t vcpu, uint64_t pages, uint32_t prot,
+static int locked_mmap(mv_sim_guest_t *g, uint32_t vcpu, uint64_t pages, uint32_t prot,
                       uint64_t file, uint64_t *va)
 {
     struct proc *p = g ? cur(g, vcpu) : NULL;
@@ -537,7 +556,7 @@ static void drop_vma(struct proc *p, uint32_t at)
     p->v[at] = p->v[--p->nv];
 }
 
-int mv_sim_guest_munmap(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va)
+static int locked_munmap(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va)
 {
     struct proc *p = g ? cur(g, vcpu) : NULL;
     uint32_t at;
@@ -552,7 +571,7 @@ int mv_sim_guest_munmap(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va)
     return rc ? rc : rc2;
 }
 
-int mv_sim_guest_mprotect(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va, uint32_t prot)
+static int locked_mprotect(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va, uint32_t prot)
 {
     struct proc *p = g ? cur(g, vcpu) : NULL;
     struct vma *v = p ? find_vma(p, va, NULL) : NULL;
@@ -582,10 +601,10 @@ int mv_sim_guest_mprotect(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va, uint32_
     return rc ? rc : rc2;
 }
 
-int mv_sim_guest_mapping(const mv_sim_guest_t *g, uint32_t vcpu, uint32_t i, uint64_t *va,
+static int locked_mapping(const mv_sim_guest_t *g, uint32_t vcpu, uint32_t i, uint64_t *va,
                          uint64_t *pages, uint32_t *prot)
 {
-    const struct proc *p = g && vcpu < g->c.nr_vcpus && mv_sim_guest_alive(g, g->running[vcpu])
+    const struct proc *p = g && vcpu < g->c.nr_vcpus && locked_alive(g, g->running[vcpu])
                                ? &g->p[g->running[vcpu]] : NULL;
     if (!p || i >= p->nv)
         return MV_ENOENT;
@@ -675,26 +694,42 @@ static int page_fault(mv_sim_guest_t *g, int pid, struct proc *p, uint64_t va, u
     return commit(g);
 }
 
-/* A user access through the vCPU with the guest's fault handling. */
+/*
+ * A user access through the vCPU with the guest's fault handling. The access itself is
+ * guest code and runs without the lock (the process runs on this vCPU alone in threaded
+ * mode); the fault handler takes it.
+ */
 static int user_rw(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va, void *buf, size_t len,
                    uint32_t op)
 {
-    struct proc *p = g ? cur(g, vcpu) : NULL;
-    if (!p)
+    if (!g || vcpu >= g->c.nr_vcpus)
         return MV_EINVAL;
-    g->vc = vcpu;
+    pthread_mutex_lock(&g->lock);
+    bool ok = cur(g, vcpu) != NULL;
+    pthread_mutex_unlock(&g->lock);
+    if (!ok)
+        return MV_EINVAL;
+    int rc = 0;
     for (int tries = 0; tries < 8; tries++) {
         struct mv_sim_result r;
         uint32_t k = mv_sim_rw(g->sv[vcpu], va, buf, len, op, MV_SIM_USER, &r);
         if (k == MV_SIM_OK)
             return 0;
+        pthread_mutex_lock(&g->lock);
+        struct proc *p = cur(g, vcpu);
+        g->vc = vcpu;
         if (k != MV_SIM_PAGE_FAULT)
-            return err(g, k == MV_SIM_ENGINE_ERROR ? r.rc : MV_EFAULT);
-        int rc = page_fault(g, g->running[vcpu], p, va, op, r.error_code);
+            rc = err(g, k == MV_SIM_ENGINE_ERROR ? r.rc : MV_EFAULT);
+        else
+            rc = p ? page_fault(g, g->running[vcpu], p, va, op, r.error_code) : MV_EINVAL;
+        pthread_mutex_unlock(&g->lock);
         if (rc)
             return rc;
     }
-    return err(g, MV_EAGAIN) /* the fault handler never made progress */;
+    pthread_mutex_lock(&g->lock);
+    rc = err(g, MV_EAGAIN); /* the fault handler never made progress */
+    pthread_mutex_unlock(&g->lock);
+    return rc;
 }
 
 static uint64_t *page_id(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va)
@@ -704,11 +739,18 @@ static uint64_t *page_id(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va)
     return v ? &v->ids[((va & ~(uint64_t)0xfff) - v->start) >> MV_PAGE_SHIFT] : NULL;
 }
 
+static void count_op(mv_sim_guest_t *g, unsigned op)
+{
+    pthread_mutex_lock(&g->lock);
+    g->st.ops[op]++;
+    pthread_mutex_unlock(&g->lock);
+}
+
 int mv_sim_guest_touch(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va)
 {
     uint64_t x;
     if (g)
-        g->st.ops[MV_SIM_GOP_TOUCH]++;
+        count_op(g, MV_SIM_GOP_TOUCH);
     return user_rw(g, vcpu, va & ~(uint64_t)0xfff, &x, sizeof(x), MV_SIM_READ);
 }
 
@@ -719,35 +761,56 @@ int mv_sim_guest_load(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va, uint64_t *v
 
 int mv_sim_guest_read(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va)
 {
-    if (g)
-        g->st.ops[MV_SIM_GOP_READ]++;
+    if (!g || vcpu >= g->c.nr_vcpus)
+        return MV_EINVAL;
+    count_op(g, MV_SIM_GOP_READ);
     va &= ~(uint64_t)0xfff;
-    int rc = user_rw(g, vcpu, va, g ? g->buf2 : NULL, MV_PAGE_SIZE, MV_SIM_READ);
+    uint64_t *ub = g->ubuf + 512 * (size_t)vcpu;
+    int rc = user_rw(g, vcpu, va, ub, MV_PAGE_SIZE, MV_SIM_READ);
     if (rc)
         return rc;
-    fill(*page_id(g, vcpu, va), g->buf);
-    if (memcmp(g->buf, g->buf2, MV_PAGE_SIZE)) {
-        g->st.content_errors++;
-        return MV_EUCLEAN;
+    pthread_mutex_lock(&g->lock);
+    uint64_t *id = page_id(g, vcpu, va);
+    if (id) {
+        fill(*id, g->buf);
+        if (memcmp(g->buf, ub, MV_PAGE_SIZE)) {
+            g->st.content_errors++;
+            rc = MV_EUCLEAN;
+        }
     }
-    return 0;
+    pthread_mutex_unlock(&g->lock);
+    return rc;
 }
 
 int mv_sim_guest_write(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va)
 {
-    if (!g || !cur(g, vcpu))
+    if (!g || vcpu >= g->c.nr_vcpus)
         return MV_EINVAL;
-    g->st.ops[MV_SIM_GOP_WRITE]++;
+    pthread_mutex_lock(&g->lock);
+    bool ok = cur(g, vcpu) != NULL;
+    uint64_t id = 0;
+    if (ok) {
+        g->st.ops[MV_SIM_GOP_WRITE]++;
+        id = ID_UNIQUE | ((uint64_t)g->c.domid << 40) | ++g->unique;
+    }
+    pthread_mutex_unlock(&g->lock);
+    if (!ok)
+        return MV_EINVAL;
     va &= ~(uint64_t)0xfff;
-    uint64_t id = ID_UNIQUE | ((uint64_t)g->c.domid << 40) | ++g->unique;
-    fill(id, g->buf2);
-    int rc = user_rw(g, vcpu, va, g->buf2, MV_PAGE_SIZE, MV_SIM_WRITE);
-    if (!rc)
-        *page_id(g, vcpu, va) = id;
+    uint64_t *ub = g->ubuf + 512 * (size_t)vcpu;
+    fill(id, ub);
+    int rc = user_rw(g, vcpu, va, ub, MV_PAGE_SIZE, MV_SIM_WRITE);
+    if (!rc) {
+        pthread_mutex_lock(&g->lock);
+        uint64_t *pid = page_id(g, vcpu, va);
+        if (pid)
+            *pid = id;
+        pthread_mutex_unlock(&g->lock);
+    }
     return rc;
 }
 
-int mv_sim_guest_shootdown(mv_sim_guest_t *g, uint32_t vcpu)
+static int locked_shootdown(mv_sim_guest_t *g, uint32_t vcpu)
 {
     struct proc *p = g ? cur(g, vcpu) : NULL;
     if (!p)
@@ -760,11 +823,13 @@ int mv_sim_guest_shootdown(mv_sim_guest_t *g, uint32_t vcpu)
 
 /* ---- fork, exec, exit ------------------------------------------------------------------------- */
 
-int mv_sim_guest_fork(mv_sim_guest_t *g, uint32_t vcpu, int pid, int *child)
+static int locked_fork(mv_sim_guest_t *g, uint32_t vcpu, int pid, int *child)
 {
     struct proc *p = g ? proc_of(g, pid) : NULL;
     if (!p || vcpu >= g->c.nr_vcpus || !child)
         return MV_EINVAL;
+    if (busy_elsewhere(g, vcpu, pid))
+        return MV_EBUSY;
     g->vc = vcpu;
     g->st.ops[MV_SIM_GOP_FORK]++;
     int cpid, rc = new_proc(g, &cpid);
@@ -815,27 +880,31 @@ static int zap_all(mv_sim_guest_t *g, int pid, struct proc *p)
     return rc ? rc : rc2;
 }
 
-int mv_sim_guest_exec(mv_sim_guest_t *g, uint32_t vcpu, int pid)
+static int locked_exec(mv_sim_guest_t *g, uint32_t vcpu, int pid)
 {
     struct proc *p = g ? proc_of(g, pid) : NULL;
     if (!p || vcpu >= g->c.nr_vcpus)
         return MV_EINVAL;
+    if (busy_elsewhere(g, vcpu, pid))
+        return MV_EBUSY;
     g->vc = vcpu;
     g->st.ops[MV_SIM_GOP_EXEC]++;
     return zap_all(g, pid, p);
 }
 
-int mv_sim_guest_exit(mv_sim_guest_t *g, uint32_t vcpu, int pid)
+static int locked_exit(mv_sim_guest_t *g, uint32_t vcpu, int pid)
 {
     struct proc *p = g ? proc_of(g, pid) : NULL;
     if (!p || vcpu >= g->c.nr_vcpus)
         return MV_EINVAL;
+    if (busy_elsewhere(g, vcpu, pid))
+        return MV_EBUSY;
     g->vc = vcpu;
     g->st.ops[MV_SIM_GOP_EXIT]++;
     int rc = zap_all(g, pid, p);
     for (uint32_t v = 0; v < g->c.nr_vcpus && !rc; v++)
         if (g->running[v] == pid)
-            rc = mv_sim_guest_switch(g, v, -1);
+            rc = locked_switch(g, v, -1);
     if (rc)
         return rc;
     if (!g->c.hvm && (rc = mmuext(g, vcpu, MV_PV_UNPIN_TABLE, g->mfn[p->l4])))
@@ -909,12 +978,14 @@ int mv_sim_guest_create(mv_sim_t *s, const struct mv_sim_guest_config *cfg,
     g->rng = cfg->seed ^ ((uint64_t)cfg->domid << 32);
     g->sv = calloc(cfg->nr_vcpus, sizeof(*g->sv));
     g->running = calloc(cfg->nr_vcpus, sizeof(*g->running));
+    g->ubuf = calloc(cfg->nr_vcpus, MV_PAGE_SIZE);
+    pthread_mutex_init(&g->lock, NULL);
     g->mfn = calloc(g->pages, sizeof(*g->mfn));
     g->ref = calloc(g->pages, sizeof(*g->ref));
     g->used = calloc(g->pages, sizeof(*g->used));
     g->freel = calloc(g->pages, sizeof(*g->freel));
     int rc = MV_ENOMEM;
-    if (!g->sv || !g->running || !g->mfn || !g->ref || !g->used || !g->freel)
+    if (!g->sv || !g->running || !g->ubuf || !g->mfn || !g->ref || !g->used || !g->freel)
         goto fail;
     struct mv_domain_config dc = {.size = sizeof(dc), .domid = cfg->domid,
                                   .type = cfg->hvm ? MV_DOMAIN_HVM : MV_DOMAIN_PV,
@@ -985,6 +1056,8 @@ void mv_sim_guest_destroy(mv_sim_guest_t *g)
     free(g->pend);
     free(g->sv);
     free(g->running);
+    free(g->ubuf);
+    pthread_mutex_destroy(&g->lock);
     free(g->mfn);
     free(g->ref);
     free(g->used);
@@ -997,7 +1070,7 @@ mv_domain_t *mv_sim_guest_domain(const mv_sim_guest_t *g)
     return g->d;
 }
 
-void mv_sim_guest_stats(const mv_sim_guest_t *g, struct mv_sim_guest_stats *st)
+static void locked_stats(const mv_sim_guest_t *g, struct mv_sim_guest_stats *st)
 {
     *st = g->st;
     st->pages_total = g->pages;
@@ -1016,4 +1089,118 @@ const char *mv_sim_guest_fault_name(unsigned f)
 {
     static const char *const n[MV_SIM_GF_NR] = {"demand", "cow", "reuse", "segv"};
     return f < MV_SIM_GF_NR ? n[f] : "?";
+}
+
+/* ---- The public entry points: the model's lock around each ---------------------------------- */
+
+#define LOCKED(g, expr)                                                                        \
+    do {                                                                                       \
+        pthread_mutex_lock(&(g)->lock);                                                        \
+        expr;                                                                                  \
+        pthread_mutex_unlock(&(g)->lock);                                                      \
+    } while (0)
+
+int mv_sim_guest_switch(mv_sim_guest_t *g, uint32_t vcpu, int pid)
+{
+    int rc = MV_EINVAL;
+    if (g)
+        LOCKED(g, rc = locked_switch(g, vcpu, pid));
+    return rc;
+}
+
+int mv_sim_guest_current(const mv_sim_guest_t *g, uint32_t vcpu)
+{
+    mv_sim_guest_t *m = (mv_sim_guest_t *)(uintptr_t)g;
+    int pid;
+    LOCKED(m, pid = locked_current(g, vcpu));
+    return pid;
+}
+
+bool mv_sim_guest_alive(const mv_sim_guest_t *g, int pid)
+{
+    mv_sim_guest_t *m = (mv_sim_guest_t *)(uintptr_t)g;
+    bool alive;
+    LOCKED(m, alive = locked_alive(g, pid));
+    return alive;
+}
+
+int mv_sim_guest_spawn(mv_sim_guest_t *g, uint32_t vcpu, int *pid)
+{
+    int rc = MV_EINVAL;
+    if (g)
+        LOCKED(g, rc = locked_spawn(g, vcpu, pid));
+    return rc;
+}
+
+int mv_sim_guest_mmap(mv_sim_guest_t *g, uint32_t vcpu, uint64_t pages, uint32_t prot,
+                      uint64_t file, uint64_t *va)
+{
+    int rc = MV_EINVAL;
+    if (g)
+        LOCKED(g, rc = locked_mmap(g, vcpu, pages, prot, file, va));
+    return rc;
+}
+
+int mv_sim_guest_munmap(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va)
+{
+    int rc = MV_EINVAL;
+    if (g)
+        LOCKED(g, rc = locked_munmap(g, vcpu, va));
+    return rc;
+}
+
+int mv_sim_guest_mprotect(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va, uint32_t prot)
+{
+    int rc = MV_EINVAL;
+    if (g)
+        LOCKED(g, rc = locked_mprotect(g, vcpu, va, prot));
+    return rc;
+}
+
+int mv_sim_guest_mapping(const mv_sim_guest_t *g, uint32_t vcpu, uint32_t i, uint64_t *va,
+                         uint64_t *pages, uint32_t *prot)
+{
+    mv_sim_guest_t *m = (mv_sim_guest_t *)(uintptr_t)g;
+    int rc = MV_ENOENT;
+    if (g)
+        LOCKED(m, rc = locked_mapping(g, vcpu, i, va, pages, prot));
+    return rc;
+}
+
+int mv_sim_guest_shootdown(mv_sim_guest_t *g, uint32_t vcpu)
+{
+    int rc = MV_EINVAL;
+    if (g)
+        LOCKED(g, rc = locked_shootdown(g, vcpu));
+    return rc;
+}
+
+int mv_sim_guest_fork(mv_sim_guest_t *g, uint32_t vcpu, int pid, int *child)
+{
+    int rc = MV_EINVAL;
+    if (g)
+        LOCKED(g, rc = locked_fork(g, vcpu, pid, child));
+    return rc;
+}
+
+int mv_sim_guest_exec(mv_sim_guest_t *g, uint32_t vcpu, int pid)
+{
+    int rc = MV_EINVAL;
+    if (g)
+        LOCKED(g, rc = locked_exec(g, vcpu, pid));
+    return rc;
+}
+
+int mv_sim_guest_exit(mv_sim_guest_t *g, uint32_t vcpu, int pid)
+{
+    int rc = MV_EINVAL;
+    if (g)
+        LOCKED(g, rc = locked_exit(g, vcpu, pid));
+    return rc;
+}
+
+void mv_sim_guest_stats(const mv_sim_guest_t *g, struct mv_sim_guest_stats *st)
+{
+    mv_sim_guest_t *m = (mv_sim_guest_t *)(uintptr_t)g;
+    LOCKED(m, locked_stats(g, st));
 }

@@ -4,8 +4,25 @@
  *
  * The flush hook runs under engine locks and must not call into the engine: it only
  * looks up the named vCPUs in the registry and invalidates their TLBs. The registry is
- * changed only by mv_sim_attach/detach, on the simulator's one thread.
+ * changed only by mv_sim_attach/detach, while no vCPU thread runs.
+ *
+ * Threaded mode (one thread per vCPU): a TLB belongs to its vCPU's thread alone, so the
+ * hook never touches one. It follows KVM's request pattern: it posts SIM_REQ_FLUSH to each
+ * target vCPU (an atomic OR), then waits only for the targets that are running guest code,
+ * until they have handled the request or left guest code. The vCPU side announces guest
+ * code with a sequentially consistent exchange of its mode and then reads its requests;
+ * the hook ORs the request and then reads the mode, so one of the two sees the other: a
+ * vCPU that did not see the request is waited for, one that is outside guest code (in the
+ * engine, waiting for a lock of the guest model, or idle) handles the request before it
+ * next runs guest code. A vCPU in guest code never blocks (it leaves guest code before
+ * every engine call), so the wait always ends, whatever locks its caller holds.
+ *
+ * A handled request drops every TLB entry (more than asked is always allowed): the bits are
+ * read, the TLB flushed, then the bits cleared; between the read and the clear no entry is
+ * filled, so a requester that sees its bit cleared knows the flush happened after it
+ * posted, or before with nothing filled since.
  */
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -41,10 +58,97 @@ static void flush_vcpu(struct mv_sim_vcpu *sv, const struct mv_flush_request *re
     }
 }
 
+/* ---- Threaded mode: requests and guest-code brackets ------------------------------------- */
+
+static void handle_requests(struct mv_sim_vcpu *sv)
+{
+    uint32_t r = atomic_load_explicit(&sv->req, memory_order_acquire);
+    if (!r)
+        return;
+    if (r & SIM_REQ_FLUSH) {
+        sv->st.flushes_linear++;
+        mv__sim_tlb_flush_all(sv, false);
+    }
+    atomic_fetch_and_explicit(&sv->req, ~r, memory_order_acq_rel);
+}
+
+void mv__sim_guest_enter(struct mv_sim_vcpu *sv)
+{
+    if (!sv->s->threaded || sv->depth++)
+        return;
+    atomic_exchange_explicit(&sv->mode, SIM_IN_GUEST, memory_order_seq_cst);
+    handle_requests(sv);
+}
+
+void mv__sim_guest_exit(struct mv_sim_vcpu *sv)
+{
+    if (!sv->s->threaded || --sv->depth)
+        return;
+    atomic_store_explicit(&sv->mode, SIM_OUTSIDE, memory_order_release);
+}
+
+void mv__sim_engine_begin(struct mv_sim_vcpu *sv)
+{
+    if (sv->s->threaded && sv->depth)
+        atomic_store_explicit(&sv->mode, SIM_OUTSIDE, memory_order_release);
+}
+
+void mv__sim_engine_end(struct mv_sim_vcpu *sv)
+{
+    if (!sv->s->threaded)
+        return;
+    if (sv->depth)
+        atomic_exchange_explicit(&sv->mode, SIM_IN_GUEST, memory_order_seq_cst);
+    handle_requests(sv);
+}
+
+void mv__sim_poll(struct mv_sim_vcpu *sv)
+{
+    if (sv->s->threaded)
+        handle_requests(sv);
+}
+
+/* Post a request; wait while the target runs guest code and has not handled it. */
+static void post(struct mv_sim_vcpu *sv, uint32_t bit)
+{
+    atomic_fetch_or_explicit(&sv->req, bit, memory_order_seq_cst);
+    bool waited = false;
+    while (atomic_load_explicit(&sv->mode, memory_order_seq_cst) == SIM_IN_GUEST &&
+           (atomic_load_explicit(&sv->req, memory_order_acquire) & bit)) {
+        waited = true;
+        sched_yield();
+    }
+    if (waited)
+        atomic_fetch_add_explicit(&sv->s->flush_waits, 1, memory_order_relaxed);
+}
+
+uint64_t mv_sim_flush_waits(const mv_sim_t *s)
+{
+    return atomic_load_explicit(&s->flush_waits, memory_order_relaxed);
+}
+
+void mv_sim_vcpu_kick_flush(mv_sim_vcpu_t *sv)
+{
+    if (sv->s->threaded)
+        post(sv, SIM_REQ_FLUSH);
+    else
+        mv_sim_flush_tlb(sv);
+}
+
+void mv_sim_set_threaded(mv_sim_t *s, bool on)
+{
+    s->threaded = on;
+}
+
+bool mv_sim_threaded(const mv_sim_t *s)
+{
+    return s->threaded;
+}
+
 static void sim_tlb_flush(const struct mv_platform *p, const struct mv_flush_request *req)
 {
     struct mv_sim *s = sim_of(p);
-    s->flush_requests++;
+    atomic_fetch_add_explicit(&s->flush_requests, 1, memory_order_relaxed);
     if (s->drop_flushes)
         return;
     for (uint32_t i = 0; i < s->nr_doms; i++) {
@@ -54,7 +158,11 @@ static void sim_tlb_flush(const struct mv_platform *p, const struct mv_flush_req
         for (uint32_t k = 0; k < sd->nr; k++) {
             bool named = req->domid == MV_DOMID_ALL ||
                          (k < req->nr_vcpus && ((req->vcpu_mask[k / 64] >> (k % 64)) & 1));
-            if (named && sd->v[k])
+            if (!named || !sd->v[k])
+                continue;
+            if (s->threaded)
+                post(sd->v[k], SIM_REQ_FLUSH);
+            else
                 flush_vcpu(sd->v[k], req);
         }
     }
@@ -116,7 +224,7 @@ void mv_sim_drop_flushes(mv_sim_t *s, bool on)
 
 uint64_t mv_sim_flush_requests(const mv_sim_t *s)
 {
-    return s->flush_requests;
+    return atomic_load_explicit(&s->flush_requests, memory_order_relaxed);
 }
 
 static struct sim_dom *find_dom(mv_sim_t *s, const mv_domain_t *d)

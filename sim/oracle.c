@@ -350,6 +350,7 @@ static bool guest_changed(struct mv_sim_vcpu *sv, const struct sim_tlbe *e)
 int mv_sim_tlb_check(mv_sim_vcpu_t *sv, struct mv_sim_tlb_report *rep)
 {
     memset(rep, 0, sizeof(*rep));
+    mv__sim_poll(sv); /* flushes asked of this vCPU happen before it is checked */
     /* The root the entries were filled under (sync_root keeps the TLB to one root). */
     uint64_t root = sv->seen_root;
     for (unsigned size = 0; size < SIM_TLB_SIZES; size++) {

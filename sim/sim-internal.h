@@ -56,6 +56,13 @@ struct sim_tlb {
     uint8_t next[SIM_TLB_SIZES][SIM_TLB_SETS]; /* round-robin victim */
 };
 
+/* Request bits (threaded mode): posted by any thread, handled by the vCPU's own thread. */
+#define SIM_REQ_FLUSH 0x1u /* drop every TLB entry */
+
+/* vCPU modes (threaded mode), KVM's: a vCPU is waited for only while it runs guest code. */
+#define SIM_OUTSIDE 0u
+#define SIM_IN_GUEST 1u
+
 struct mv_sim_vcpu {
     mv_sim_t *s;
     mv_vcpu_t *v;
@@ -69,6 +76,10 @@ struct mv_sim_vcpu {
     uint64_t seen_cr0, seen_cr4, seen_efer;
     uint32_t seen_flags;
     struct mv_sim_vcpu_stats st;
+    /* Threaded mode: mode and req are shared; depth (guest-code nesting) is the owner's. */
+    _Atomic uint32_t mode;
+    _Atomic uint32_t req;
+    uint32_t depth;
     struct sim_tlb tlb;
 };
 
@@ -86,7 +97,9 @@ struct mv_sim {
     struct sim_dom *doms;
     uint32_t nr_doms, cap_doms;
     bool drop_flushes;
-    uint64_t flush_requests;
+    bool threaded;             /* requests posted to vCPU threads (mv_sim_set_threaded) */
+    _Atomic uint64_t flush_requests;
+    _Atomic uint64_t flush_waits; /* threaded: requests that waited for a vCPU in guest code */
 };
 
 /* tlb.c */
@@ -96,6 +109,19 @@ struct sim_tlbe *mv__sim_tlb_find(struct mv_sim_vcpu *sv, uint64_t va);
 struct sim_tlbe *mv__sim_tlb_victim(struct mv_sim_vcpu *sv, uint64_t va, unsigned size);
 /* Base linear address of an entry (sign-extended). */
 uint64_t mv__sim_tlbe_va(unsigned size, const struct sim_tlbe *e);
+
+/*
+ * machine.c, threaded mode. Guest code (a translation and the access it serves) runs
+ * between guest_enter and guest_exit, which nest; an engine call made from guest code is
+ * bracketed by engine_begin/engine_end (the vCPU is then outside guest code and never
+ * waited for). Pending requests are handled at entry, after every engine call and at
+ * every poll, on the vCPU's own thread. All of these do nothing unless threaded.
+ */
+void mv__sim_guest_enter(struct mv_sim_vcpu *sv);
+void mv__sim_guest_exit(struct mv_sim_vcpu *sv);
+void mv__sim_engine_begin(struct mv_sim_vcpu *sv);
+void mv__sim_engine_end(struct mv_sim_vcpu *sv);
+void mv__sim_poll(struct mv_sim_vcpu *sv);
 
 /* walk.c: may an access with these combined rights go ahead? */
 bool mv__sim_permits(unsigned tflags, uint32_t op, uint32_t flags, uint64_t cr0, uint64_t cr4);

@@ -33,8 +33,14 @@
  * entry's walk and has not flushed yet) from bugs (rights or frame changed underneath by
  * the engine without a flush, or a frame that left the domain or changed type).
  *
- * Concurrency: one thread drives a simulator; many vCPUs are interleaved on it
- * deterministically. The flush hook may be called from any engine path on that thread.
+ * Concurrency: by default one thread drives a simulator; many vCPUs are interleaved on it
+ * deterministically, and the flush hook invalidates the named TLBs at once. In threaded
+ * mode (mv_sim_set_threaded) each vCPU is driven by one thread of its own, which alone
+ * touches its TLB: the flush hook posts a request to each target and waits only for the
+ * targets running guest code (inside mv_sim_translate / mv_sim_rw and not in an engine
+ * call), until they handle it; the others handle it before they next run guest code
+ * (KVM's request pattern). Shootdowns thus never wait for a vCPU that is inside the
+ * engine or blocked. Attach and detach only while no vCPU thread runs.
  */
 #ifndef MEMVIRT_SIM_H
 #define MEMVIRT_SIM_H
@@ -66,6 +72,16 @@ mv_host_t *mv_sim_host(const mv_sim_t *s);
 void mv_sim_drop_flushes(mv_sim_t *s, bool on);
 /* Flush requests the engine made through the hook so far. */
 uint64_t mv_sim_flush_requests(const mv_sim_t *s);
+/* Threaded mode on or off (only while no vCPU thread runs). */
+void mv_sim_set_threaded(mv_sim_t *s, bool on);
+bool mv_sim_threaded(const mv_sim_t *s);
+/* Threaded: flush requests (engine's or guest's) that waited for a vCPU in guest code. */
+uint64_t mv_sim_flush_waits(const mv_sim_t *s);
+/*
+ * A flush of sv's whole TLB asked from another vCPU's thread (the guest's shootdown IPI):
+ * threaded, posted as a request and waited for while sv runs guest code; else done at once.
+ */
+void mv_sim_vcpu_kick_flush(mv_sim_vcpu_t *sv);
 
 /* Hardware vCPUs for every vCPU of d. MV_EEXIST attached already, MV_ENOMEM. */
 int mv_sim_attach(mv_sim_t *s, mv_domain_t *d);
@@ -253,7 +269,14 @@ int mv_sim_image_check_maps(const struct mv_sim_image *img, const char *path, ui
  *
  * Page content is named by a 64-bit id (0: zero page; pool ids: the same bytes in every
  * guest; unique ids); the model remembers each page's id per process and `read` compares
- * the bytes it gets. Single-threaded.
+ * the bytes it gets.
+ *
+ * Threads: every call may come from the thread of the vCPU it names; a mutex of the model
+ * guards its structures (allocator, processes, tables edits), and user accesses run
+ * without it, as guest code. With `threaded`, a process runs on one vCPU at a time:
+ * switching to, forking, exec'ing or killing a process that another vCPU runs is refused
+ * with MV_EBUSY, and a shootdown reaches another vCPU as a flush request
+ * (mv_sim_vcpu_kick_flush).
  */
 typedef struct mv_sim_guest mv_sim_guest_t;
 
@@ -288,6 +311,7 @@ struct mv_sim_guest_config {
     uint32_t pool_pct;
     uint32_t pool_pages; /* size of the shared pool (0: 256) */
     bool check;         /* oracle and TLB check at every invalidation */
+    bool threaded;      /* vCPUs driven by threads of their own (see above) */
 };
 
 struct mv_sim_guest_stats {
@@ -377,6 +401,7 @@ struct mv_sim_run_config {
     bool hvm;             /* HVM with HAP; else PV */
     bool check;           /* the oracle at every invalidation */
     uint64_t mem_pages;   /* per domain; 0: from the footprint */
+    bool threaded;        /* one thread per vCPU (puts the simulator in threaded mode) */
 };
 
 typedef struct mv_sim_run mv_sim_run_t;
@@ -386,7 +411,8 @@ int mv_sim_run_create(mv_sim_t *s, const struct mv_sim_run_config *cfg, mv_sim_r
 /*
  * Run n steps, interleaved deterministically: step k runs vCPU (k / domains) % vcpus of
  * domain k % domains. 0, or the first unexpected error (guest SIGSEGVs and out-of-memory
- * kills are part of the workload).
+ * kills are part of the workload). Threaded: the n steps are shared out among one thread
+ * per vCPU, each with a generator of its own, and run concurrently; no determinism.
  */
 int mv_sim_run_steps(mv_sim_run_t *r, uint64_t n);
 mv_sim_guest_t *mv_sim_run_guest(const mv_sim_run_t *r, uint32_t i);

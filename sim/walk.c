@@ -135,7 +135,9 @@ static int ept_fault(struct mv_sim_vcpu *sv, uint64_t gpa, unsigned need, struct
 {
     sv->st.ept_violations++;
     unsigned outcome = MV_P2M_DENIED;
+    mv__sim_engine_begin(sv);
     int rc = mv_p2m_handle_violation(sv->d, gpa >> MV_PAGE_SHIFT, need, &outcome);
+    mv__sim_engine_end(sv);
     r->addr = gpa;
     if (rc == MV_EAGAIN)
         return WALK_RETRY;
@@ -351,7 +353,7 @@ static uint64_t sync_root(struct mv_sim_vcpu *sv, uint32_t flags)
     return root;
 }
 
-uint32_t mv_sim_translate(mv_sim_vcpu_t *sv, uint64_t va, uint32_t op, uint32_t flags,
+static uint32_t translate(mv_sim_vcpu_t *sv, uint64_t va, uint32_t op, uint32_t flags,
                           struct mv_sim_result *r)
 {
     memset(r, 0, sizeof(*r));
@@ -390,7 +392,19 @@ uint32_t mv_sim_translate(mv_sim_vcpu_t *sv, uint64_t va, uint32_t op, uint32_t 
     return r->kind;
 }
 
-uint32_t mv_sim_rw(mv_sim_vcpu_t *sv, uint64_t va, void *buf, size_t len, uint32_t op,
+/* Guest code: requests are handled at entry and before every translation (threaded mode). */
+uint32_t mv_sim_translate(mv_sim_vcpu_t *sv, uint64_t va, uint32_t op, uint32_t flags,
+                          struct mv_sim_result *r)
+{
+    mv__sim_guest_enter(sv);
+    mv__sim_poll(sv);
+    uint32_t k = translate(sv, va, op, flags, r);
+    mv__sim_guest_exit(sv);
+    return k;
+}
+
+/* The whole copy is guest code: a shootdown waits for the page being copied. */
+static uint32_t rw(mv_sim_vcpu_t *sv, uint64_t va, void *buf, size_t len, uint32_t op,
                    uint32_t flags, struct mv_sim_result *r)
 {
     uint8_t *b = buf;
@@ -411,6 +425,15 @@ uint32_t mv_sim_rw(mv_sim_vcpu_t *sv, uint64_t va, void *buf, size_t len, uint32
     }
     memset(r, 0, sizeof(*r));
     return MV_SIM_OK;
+}
+
+uint32_t mv_sim_rw(mv_sim_vcpu_t *sv, uint64_t va, void *buf, size_t len, uint32_t op,
+                   uint32_t flags, struct mv_sim_result *r)
+{
+    mv__sim_guest_enter(sv);
+    uint32_t k = rw(sv, va, buf, len, op, flags, r);
+    mv__sim_guest_exit(sv);
+    return k;
 }
 
 const char *mv_sim_kind_name(uint32_t kind)

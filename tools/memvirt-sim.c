@@ -5,11 +5,13 @@
  *               [--paging hap|shadow] [--maxphyaddr N] [--gbpages] [--host-memory SIZE]
  *               [--format text|json|csv] [-o FILE]
  *   memvirt-sim --workload NAME [--domains N] [--vcpus N] [--seed S] [--steps N]
- *               [--mode pv|hvm [--paging hap]] [--no-check] [--format text|json|csv] [-o FILE]
+ *               [--mode pv|hvm [--paging hap]] [--no-check] [--threads]
+ *               [--format text|json|csv] [-o FILE]
  *
  * A workload runs the guest OS model (sim/guest.c) on N domains of N vCPUs each, with the
  * oracle at every invalidation unless --no-check; the per-domain figures depend only on
- * the arguments (no timing in them: timings are a top-level object).
+ * the arguments (no timing in them: timings are a top-level object). --threads runs one
+ * thread per vCPU (a stress run): the figures then vary from run to run.
  *
  * Each image becomes an HVM domain (see sim/sim.h); its page-table statistics follow the
  * counting rules of shared/corpus/README.md. --verify checks every mapped 4 KiB page of
@@ -50,7 +52,7 @@ struct options {
     const char *workload, *mode;
     uint32_t domains, vcpus;
     uint64_t seed, steps;
-    bool no_check;
+    bool no_check, threads;
 };
 
 static void usage(FILE *f)
@@ -83,6 +85,9 @@ static void usage(FILE *f)
             "  --steps N             guest steps over all vCPUs (default 20000)\n"
             "  --mode pv|hvm         guest type (default pv); --paging hap only with hvm\n"
             "  --no-check            skip the oracle at every invalidation\n"
+            "  --threads             one thread per vCPU (a stress run); shootdowns wait only\n"
+            "                        for vCPUs running guest code. Not deterministic: the\n"
+            "                        figures vary from run to run, whatever the seed\n"
             "  -h, --help            this help\n"
             "  -V, --version         print the version\n"
             "\n"
@@ -135,7 +140,7 @@ static bool parse_hex(const char *s, uint64_t *out)
 
 enum { OPT_IMAGE = 256, OPT_CR3, OPT_PAGING, OPT_MAXPHY, OPT_HOSTMEM, OPT_VERIFY, OPT_FORMAT,
        OPT_GBPAGES, OPT_WORKLOAD, OPT_DOMAINS, OPT_VCPUS, OPT_SEED, OPT_STEPS, OPT_MODE,
-       OPT_NOCHECK };
+       OPT_NOCHECK, OPT_THREADS };
 
 static bool parse_num(const char *s, uint64_t *out)
 {
@@ -165,6 +170,7 @@ static int parse(int argc, char **argv, struct options *o)
         {"steps", required_argument, NULL, OPT_STEPS},
         {"mode", required_argument, NULL, OPT_MODE},
         {"no-check", no_argument, NULL, OPT_NOCHECK},
+        {"threads", no_argument, NULL, OPT_THREADS},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -224,6 +230,9 @@ static int parse(int argc, char **argv, struct options *o)
                 return usage_error("--mode: '%s' is not pv or hvm", optarg);
             o->mode = optarg;
             break;
+        case OPT_THREADS:
+            o->threads = true;
+            break;
         case OPT_NOCHECK:
             o->no_check = true;
             break;
@@ -276,9 +285,9 @@ static int parse(int argc, char **argv, struct options *o)
             return usage_error("--paging %s: workloads run with hap only", o->paging);
         return 0;
     }
-    if (o->mode || o->domains || o->vcpus || o->seed || o->steps || o->no_check)
-        return usage_error("%s", "--mode, --domains, --vcpus, --seed, --steps and --no-check "
-                                 "need --workload");
+    if (o->mode || o->domains || o->vcpus || o->seed || o->steps || o->no_check || o->threads)
+        return usage_error("%s", "--mode, --domains, --vcpus, --seed, --steps, --no-check and "
+                                 "--threads need --workload");
     if (!o->nr)
         return usage_error("%s", "no --image given (or --workload NAME)");
     for (unsigned i = 0; i < o->nr; i++)
@@ -502,9 +511,10 @@ static void workload_report(FILE *f, const struct options *o, const struct dom_r
                 secs > 0 ? (double)ops / secs : 0.0);
         return;
     }
-    fprintf(f, "workload %s: %u domain(s) x %u vCPU(s), %s, seed %llu, %llu steps\n",
+    fprintf(f, "workload %s: %u domain(s) x %u vCPU(s), %s, seed %llu, %llu steps%s\n",
             o->workload, o->domains, o->vcpus, strcmp(o->mode, "hvm") ? "pv" : "hvm/hap",
-            (unsigned long long)o->seed, (unsigned long long)o->steps);
+            (unsigned long long)o->seed, (unsigned long long)o->steps,
+            o->threads ? ", threaded (not deterministic)" : "");
     for (uint32_t i = 0; i < o->domains; i++) {
         const struct dom_report *d = &dr[i];
         fprintf(f, "\ndomain %u\n  operations ", i + 1);
@@ -557,7 +567,8 @@ static int run_workload(struct options *o, FILE *out)
     }
     struct mv_sim_run_config rcfg = {.size = sizeof(rcfg), .workload = o->workload,
                                      .domains = o->domains, .vcpus = o->vcpus, .seed = o->seed,
-                                     .hvm = !strcmp(o->mode, "hvm"), .check = !o->no_check};
+                                     .hvm = !strcmp(o->mode, "hvm"), .check = !o->no_check,
+                                     .threaded = o->threads};
     mv_sim_run_t *r = NULL;
     if ((rc = mv_sim_run_create(s, &rcfg, &r))) {
         fprintf(stderr, "memvirt-sim: cannot create the domains: %s\n", mv_strerror(rc));
