@@ -93,6 +93,12 @@ static int check_config(mv_host_t *h, const struct mv_domain_config *c)
         return MV_EINVAL;
     if (c->phys_bits && (c->phys_bits < 32 || c->phys_bits > 52))
         return MV_EINVAL;
+    if (c->reserved0 || (c->shadow_pool_pages && c->paging != MV_PAGING_SHADOW))
+        return MV_EINVAL;
+    if (c->shadow_pool_pages && (c->shadow_pool_pages < (uint64_t)MV_SHADOW_FLOOR_PER_VCPU *
+                                                             c->nr_vcpus ||
+                                 c->shadow_pool_pages > MV_SHADOW_POOL_MAX))
+        return MV_EINVAL;
     if (c->node_affinity != MV_NODE_ANY && c->node_affinity >= h->nr_nodes)
         return MV_ENODEV;
     if (c->max_pages > h->total_frames)
@@ -124,6 +130,7 @@ MV_API int mv_domain_create(mv_host_t *h, const struct mv_domain_config *ucfg,
     d->nr_vcpus = cfg.nr_vcpus;
     d->node_affinity = cfg.node_affinity;
     d->phys_bits = cfg.phys_bits ? cfg.phys_bits : 40;
+    d->shadow_pool_pages = cfg.shadow_pool_pages;
     atomic_init(&d->max_pages, cfg.max_pages);
     atomic_init(&d->overhead_bytes, domain_bytes(cfg.nr_vcpus));
     for (uint32_t i = 0; i < cfg.nr_vcpus; i++) {

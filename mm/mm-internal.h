@@ -396,6 +396,7 @@ struct mv_domain {
     uint32_t nr_vcpus;
     uint32_t node_affinity;
     uint32_t phys_bits;
+    uint64_t shadow_pool_pages;       /* config; 0: the shadow module's default */
     _Atomic uint64_t max_pages;
     _Atomic uint64_t pages;           /* frames owned (I2) */
     _Atomic uint64_t overhead_pages;  /* engine frames charged to it */

@@ -46,7 +46,7 @@ static inline bool sh_type_is_table(unsigned t) { return t >= SH_L1 && t <= SH_L
 #define SH_ENTRIES 512u
 #define SH_TOPUP 6u          /* slots one fault may need: L3, L2, L1 or FL2 + FL1, spare */
 #define SH_ROOTS 4u          /* roots a vCPU keeps */
-#define SH_FLOOR_PER_VCPU 16u
+#define SH_FLOOR_PER_VCPU MV_SHADOW_FLOOR_PER_VCPU
 #define SH_RMAP_BUCKETS 4096u
 
 struct sh_node {

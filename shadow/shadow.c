@@ -163,7 +163,9 @@ static int sh_domain_init(mv_domain_t *d)
     for (unsigned i = 0; i < SH_RMAP_BUCKETS; i++)
         s->rmap[i] = SH_NIL;
     d->mod[MV_MOD_SHADOW] = s;
-    int rc = alloc_arrays(h, s, 256 + SH_FLOOR_PER_VCPU * d->nr_vcpus);
+    uint64_t budget = d->shadow_pool_pages ? d->shadow_pool_pages
+                                           : 256 + SH_FLOOR_PER_VCPU * d->nr_vcpus;
+    int rc = alloc_arrays(h, s, (uint32_t)budget);
     for (uint32_t i = 0; !rc && i < d->nr_vcpus; i++) {
         struct sh_vcpu *sv = mv__meta_alloc(h, sizeof(*sv));
         if (!sv) {
@@ -651,7 +653,7 @@ MV_API int mv_shadow_set_budget(mv_domain_t *d, uint64_t frames)
     struct sh_domain *s = d ? sh_of(d) : NULL;
     if (!s)
         return MV_EINVAL;
-    if (frames < (uint64_t)SH_FLOOR_PER_VCPU * d->nr_vcpus || frames > (1u << 22))
+    if (frames < (uint64_t)SH_FLOOR_PER_VCPU * d->nr_vcpus || frames > MV_SHADOW_POOL_MAX)
         return MV_EINVAL;
     if (s->any_used || s->pool_frames)
         return MV_EBUSY;

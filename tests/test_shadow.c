@@ -508,6 +508,21 @@ static void test_refusals(void **state)
     assert_int_equal(mv_domain_create(h, &c, &hap), 0);
     assert_int_equal(mv_shadow_set_cr3(mv_domain_vcpu(hap, 0), 0, &root), MV_EINVAL);
     kill_dom(hap);
+    /* The pool's budget in the config: only for shadow domains, never below the floor. */
+    c.shadow_pool_pages = 64;
+    assert_int_equal(mv_domain_create(h, &c, &hap), MV_EINVAL);
+    c.paging = MV_PAGING_SHADOW;
+    c.nr_vcpus = 8;
+    c.shadow_pool_pages = 8 * MV_SHADOW_FLOOR_PER_VCPU - 1;
+    assert_int_equal(mv_domain_create(h, &c, &hap), MV_EINVAL);
+    c.shadow_pool_pages = (uint64_t)MV_SHADOW_POOL_MAX + 1;
+    assert_int_equal(mv_domain_create(h, &c, &hap), MV_EINVAL);
+    c.shadow_pool_pages = 8 * MV_SHADOW_FLOOR_PER_VCPU;
+    assert_int_equal(mv_domain_create(h, &c, &hap), 0);
+    struct mv_shadow_stats st = {.size = sizeof(st)};
+    assert_int_equal(mv_shadow_stats(hap, &st), 0);
+    assert_int_equal(st.budget, 8 * MV_SHADOW_FLOOR_PER_VCPU);
+    kill_dom(hap);
     kill_dom(d);
 }
 

@@ -92,6 +92,10 @@ enum mv_paging_mode {
 
 #define MV_DOMF_LINEAR_PT 0x1u /* PV: allow read-only linear (self-referencing) table entries */
 
+/* Shadow pool limits (frames): the floor per vCPU and the ceiling of a domain's pool. */
+#define MV_SHADOW_FLOOR_PER_VCPU 16u
+#define MV_SHADOW_POOL_MAX (1u << 22)
+
 struct mv_domain_config {
     size_t size;             /* sizeof(struct mv_domain_config) */
     uint32_t domid;          /* 0 .. MV_DOMID_MAX, unused */
@@ -102,6 +106,10 @@ struct mv_domain_config {
     uint32_t node_affinity;  /* the node frames come from, or MV_NODE_ANY */
     uint32_t flags;          /* MV_DOMF_* */
     uint32_t phys_bits;      /* guest physical-address width, 32..52; 0: 40 */
+    uint32_t reserved0;      /* must be 0 */
+    /* Shadow paging: the shadow pool's budget in frames; 0: 256 + 16 per vCPU. At least
+     * 16 per vCPU (its roots, a full path and working room), at most 4 Mi. */
+    uint64_t shadow_pool_pages;
 };
 
 /*

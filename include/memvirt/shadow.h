@@ -98,9 +98,10 @@ MV_API int mv_shadow_gva_to_gpa(mv_vcpu_t *v, uint64_t gva, uint32_t error_code,
                                 mv_paddr_t *gpa, uint32_t *pfec);
 
 /*
- * The shadow pool's budget in frames (default: 256 + 16 per vCPU). Below the floor (16 per
- * vCPU: its roots, a full path and working room) MV_EINVAL; MV_EBUSY once shadows exist
- * (set it right after creating the domain).
+ * The shadow pool's budget in frames (set at creation by mv_domain_config's
+ * shadow_pool_pages; default 256 + 16 per vCPU). Below the floor (MV_SHADOW_FLOOR_PER_VCPU
+ * per vCPU: its roots, a full path and working room) or above MV_SHADOW_POOL_MAX
+ * MV_EINVAL; MV_EBUSY once shadows exist.
  */
 MV_API int mv_shadow_set_budget(mv_domain_t *d, uint64_t frames);
 
