@@ -6,7 +6,7 @@
  *   sim/walk_hap         a two-dimensional walk: 4 guest levels, each through the 4-level
  *                        EPT-format p2m, then the page itself (INVLPG before each)
  *   sim/walk_oracle      the oracle's answer for the same HAP access (p2m lookups)
- *   sim/workload_forky_pv, sim/workload_forky_hap
+ *   sim/workload_forky_pv, sim/workload_forky_hap, sim/workload_forky_shadow
  *                        the forky preset on 2 domains x 2 vCPUs, oracle off; item = one
  *                        guest operation
  *   sim/verify_corpus    --verify over the corpus image (shared/corpus, or MEMVIRT_CORPUS):
@@ -256,7 +256,7 @@ static void run_verify_corpus(mvb_state_t *st, void *user)
  * and the engine, not the checker); item = one guest operation (a step).
  */
 struct wlfx {
-    bool hvm;
+    bool hvm, hap;
     mv_sim_t *s;
     mv_sim_run_t *r;
 };
@@ -271,7 +271,8 @@ static int wl_setup(void *user, int threads)
     uint64_t need = 2 * wp.footprint * (wp.max_procs + 2) * MV_PAGE_SIZE + (64u << 20);
     struct mv_sim_config sc = {.size = sizeof(sc), .mem_bytes = need};
     struct mv_sim_run_config rc = {.size = sizeof(rc), .workload = "forky", .domains = 2,
-                                   .vcpus = 2, .seed = 1, .hvm = w->hvm, .check = false};
+                                   .vcpus = 2, .seed = 1, .hvm = w->hvm, .hap = w->hap,
+                                   .check = false};
     if (mv_sim_create(&sc, &w->s))
         return 1;
     return mv_sim_run_create(w->s, &rc, &w->r) ? 1 : 0;
@@ -304,7 +305,8 @@ static void run_workload(mvb_state_t *st, void *user)
         mvb_set_items_processed(st, mvb_iterations(st));
 }
 
-static struct wlfx wl_pv = {.hvm = false}, wl_hap = {.hvm = true};
+static struct wlfx wl_pv = {.hvm = false}, wl_hap = {.hvm = true, .hap = true},
+                   wl_shadow = {.hvm = true};
 
 static void reg(const char *name, mvb_run_fn run, mvb_setup_fn setup)
 {
@@ -314,9 +316,10 @@ static void reg(const char *name, mvb_run_fn run, mvb_setup_fn setup)
 
 void mvb_register_sim(void)
 {
-    struct wlfx *wl[] = {&wl_pv, &wl_hap};
-    const char *wl_names[] = {"sim/workload_forky_pv", "sim/workload_forky_hap"};
-    for (size_t i = 0; i < 2; i++)
+    struct wlfx *wl[] = {&wl_pv, &wl_hap, &wl_shadow};
+    const char *wl_names[] = {"sim/workload_forky_pv", "sim/workload_forky_hap",
+                              "sim/workload_forky_shadow"};
+    for (size_t i = 0; i < 3; i++)
         if (mvb_register(&(struct mvb_bench){.name = wl_names[i], .run = run_workload,
                                              .user = wl[i], .setup = wl_setup,
                                              .teardown = wl_teardown}))

@@ -87,7 +87,7 @@ struct sh_domain {
     struct mv_p2m_listener listener;
     /* statistics */
     uint64_t by_type[SH_NR_TYPES];
-    uint64_t faults[4];
+    uint64_t faults[MV_SHADOW_NR_KINDS];
     uint64_t emulated, evictions, zapped;
 };
 

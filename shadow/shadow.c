@@ -380,14 +380,22 @@ MV_API int mv_shadow_page_fault(mv_vcpu_t *v, uint64_t gva, uint32_t error_code,
     if (mv_p2m_lookup(v->d, w.gfn, &pe) ||
         !(p2m_is_ram(pe.type) || (pe.type == MV_P2M_MMIO_DIRECT && !(error_code & MV_PFEC_ID))))
         return fault_outcome(s, out, MV_SHADOW_MMIO, 0, gpa);
+    unsigned need = write ? MV_P2M_W : (error_code & MV_PFEC_ID) ? MV_P2M_X : MV_P2M_R;
     if (write) {
         if (pe.type == MV_P2M_RAM_SHARED)
             return MV_EOPNOTSUPP; /* unsharing belongs to the sharing module */
-        if (pe.type == MV_P2M_RAM_RO || !w.w)
-            return fault_outcome(s, out, MV_SHADOW_EMULATE, 0, gpa);
-        if (pe.type == MV_P2M_RAM_LOGDIRTY && (rc = mv_p2m_write_fault(v->d, w.gfn)))
-            return rc;
+        if (pe.type == MV_P2M_RAM_RO)
+            return fault_outcome(s, out, MV_SHADOW_DENIED, 0, gpa);
+        if (pe.type == MV_P2M_RAM_LOGDIRTY) {
+            if ((rc = mv_p2m_write_fault(v->d, w.gfn)))
+                return rc;
+            need = 0;
+        }
     }
+    if (p2m_is_ram(pe.type) && (pe.access & need) != need)
+        return fault_outcome(s, out, MV_SHADOW_DENIED, 0, gpa);
+    if (write && !w.w)
+        return fault_outcome(s, out, MV_SHADOW_EMULATE, 0, gpa); /* CR0.WP clear */
     if ((rc = mv__sh_topup(v)))
         return rc;
     mv_spin_lock(&s->lock);
@@ -493,6 +501,8 @@ static int emulate(mv_vcpu_t *v, mv_paddr_t gpa, const void *bytes, size_t len, 
     if (mv_p2m_lookup(d, gfn, &now) || now.mfn != pe.mfn || !p2m_is_ram(now.type) ||
         now.type == MV_P2M_RAM_RO || now.type == MV_P2M_RAM_SHARED) {
         rc = MV_EFAULT; /* removed or retyped between the fault and the write */
+    } else if (now.type == MV_P2M_RAM_RW && !(now.access & MV_P2M_W)) {
+        rc = MV_EACCES;
     } else if (cmp) {
         uint64_t cur = 0;
         memcpy(&cur, page + off, len);
@@ -685,7 +695,7 @@ MV_API int mv_shadow_stats(const mv_domain_t *d, struct mv_shadow_stats *st)
     st->pool_frames = s->pool_frames;
     for (unsigned t = 0; t < SH_NR_TYPES; t++)
         st->shadows[t] = s->by_type[t];
-    for (unsigned k = 0; k < 4; k++)
+    for (unsigned k = 0; k < MV_SHADOW_NR_KINDS; k++)
         st->faults[k] = s->faults[k];
     st->emulated_writes = s->emulated;
     st->evictions = s->evictions;

@@ -989,7 +989,8 @@ int mv_sim_guest_create(mv_sim_t *s, const struct mv_sim_guest_config *cfg,
         goto fail;
     struct mv_domain_config dc = {.size = sizeof(dc), .domid = cfg->domid,
                                   .type = cfg->hvm ? MV_DOMAIN_HVM : MV_DOMAIN_PV,
-                                  .paging = cfg->hvm ? MV_PAGING_HAP : MV_PAGING_PV,
+                                  .paging = !cfg->hvm ? MV_PAGING_PV
+                                            : cfg->hap ? MV_PAGING_HAP : MV_PAGING_SHADOW,
                                   .nr_vcpus = cfg->nr_vcpus, .max_pages = g->pages,
                                   .node_affinity = MV_NODE_ANY};
     if ((rc = mv_domain_create(mv_sim_host(s), &dc, &g->d)))

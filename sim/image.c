@@ -379,12 +379,9 @@ int mv_sim_image_import(mv_sim_t *s, const struct mv_sim_image_config *cfg,
         return MV_EINVAL;
     }
     *out = NULL;
-    if (cfg->paging == MV_PAGING_SHADOW) {
-        seterr(err, errlen, "shadow paging is not available yet");
-        return MV_EOPNOTSUPP;
-    }
-    if (cfg->paging != MV_PAGING_HAP) {
-        seterr(err, errlen, "images are HVM guests: paging must be hap");
+    uint32_t paging = cfg->paging == MV_PAGING_PV ? MV_PAGING_SHADOW : cfg->paging;
+    if (paging != MV_PAGING_HAP && paging != MV_PAGING_SHADOW) {
+        seterr(err, errlen, "images are HVM guests: paging must be shadow or hap");
         return MV_EINVAL;
     }
     unsigned bits = cfg->phys_bits ? cfg->phys_bits : 40;
@@ -431,7 +428,7 @@ int mv_sim_image_import(mv_sim_t *s, const struct mv_sim_image_config *cfg,
     img->st.bytes = bytes;
     img->va = calloc(img->pages, sizeof(*img->va));
     struct mv_domain_config dc = {.size = sizeof(dc), .domid = cfg->domid,
-                                  .type = MV_DOMAIN_HVM, .paging = MV_PAGING_HAP,
+                                  .type = MV_DOMAIN_HVM, .paging = paging,
                                   .nr_vcpus = 1, .max_pages = img->pages,
                                   .node_affinity = MV_NODE_ANY, .phys_bits = bits};
     if (!img->va) {

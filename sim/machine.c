@@ -45,10 +45,10 @@ static void flush_vcpu(struct mv_sim_vcpu *sv, const struct mv_flush_request *re
         mv__sim_tlb_flush_all(sv, false);
         break;
     case MV_FLUSH_GUEST_PHYS:
-        /* The TLB holds combined translations: every one derives from the EPT. PV
-         * vCPUs never walk the p2m, so they keep theirs. */
+        /* The TLB holds combined translations: every one derives from the p2m (through
+         * the EPT or the shadows). PV vCPUs never walk the p2m, so they keep theirs. */
         sv->st.flushes_gphys++;
-        if (sv->hap)
+        if (sv->hvm)
             mv__sim_tlb_flush_all(sv, false);
         break;
     default:
@@ -272,6 +272,8 @@ int mv_sim_attach(mv_sim_t *s, mv_domain_t *d)
         sv->domid = ds.domid;
         sv->idx = i;
         sv->hap = ds.paging == MV_PAGING_HAP;
+        sv->shadow = ds.paging == MV_PAGING_SHADOW;
+        sv->hvm = sv->hap || sv->shadow;
         sv->root_override = MV_INVALID_MFN;
         sv->seen_root = UINT64_MAX;
         sd.v[i] = sv;
@@ -372,13 +374,24 @@ void mv__sim_tlb_flush_all(struct mv_sim_vcpu *sv, bool keep_global)
             e[i].valid = 0;
 }
 
+/* Shadow paging traps the guest's invalidations: the engine drops what it must. */
 void mv_sim_invlpg(mv_sim_vcpu_t *sv, uint64_t va)
 {
+    if (sv->shadow) {
+        mv__sim_engine_begin(sv);
+        (void)mv_shadow_invlpg(sv->v, va); /* refused only for a dying domain */
+        mv__sim_engine_end(sv);
+    }
     mv__sim_tlb_flush_one(sv, va);
 }
 
 void mv_sim_flush_tlb(mv_sim_vcpu_t *sv)
 {
+    if (sv->shadow) {
+        mv__sim_engine_begin(sv);
+        (void)mv_shadow_flush(sv->v);
+        mv__sim_engine_end(sv);
+    }
     mv__sim_tlb_flush_all(sv, false);
 }
 
@@ -398,7 +411,18 @@ int mv_sim_set_cr3(mv_sim_vcpu_t *sv, uint64_t cr3)
     st.cr3 = cr3;
     if ((rc = mv_vcpu_set_state(sv->v, &st)))
         return rc;
+    if (sv->shadow) {
+        mv_paddr_t root = 0;
+        mv__sim_engine_begin(sv);
+        rc = mv_shadow_set_cr3(sv->v, cr3, &root);
+        mv__sim_engine_end(sv);
+        sv->sh_loaded = rc == 0;
+        sv->sh_cr3 = cr3;
+        sv->sh_root = root;
+        if (rc)
+            return rc;
+    }
     mv__sim_tlb_flush_all(sv, (st.cr4 & MV_CR4_PGE) != 0);
-    sv->seen_root = sv->v->guest_table;
+    sv->seen_root = sv->hvm ? cr3 & X86_ADDR : sv->v->guest_table << MV_PAGE_SHIFT;
     return 0;
 }

@@ -10,6 +10,12 @@
  * tables, every frame reached (tables and page) checked: it must be the domain's and its
  * m2p back-pointer must name a gfn the p2m maps to that frame.
  *
+ * Shadow paging is HVM to the oracle, with the engine's documented choices where x86
+ * leaves them to the hypervisor: a guest table that is not readable RAM ends the walk with
+ * a reserved-bit #PF, a CR3 that names no RAM is refused (MV_EFAULT), and the accessed and
+ * dirty bits are the engine's own writes (dropped on ram_ro and ram_shared tables), so
+ * they need no p2m right.
+ *
  * Nothing here shares code with walk.c but the result and access constants.
  */
 #include <stdio.h>
@@ -28,7 +34,7 @@ struct o_walk {
 
 static bool o_is_hvm(const struct mv_sim_vcpu *sv)
 {
-    return sv->hap;
+    return sv->hvm;
 }
 
 /* PV: the frame is the domain's and p2m and m2p agree on it. */
@@ -134,7 +140,7 @@ static int o_walk(struct mv_sim_vcpu *sv, uint64_t root, uint64_t va, struct o_w
         uint64_t where = table + 8ull * index;
         uint64_t e;
         if (o_read(sv, where, &e, r) != MV_SIM_OK)
-            return O_STOP;
+            return sv->shadow ? O_RESERVED : O_STOP;
         o->pte[level] = e;
         o->where[level] = where;
         if (!(e & 1))
@@ -252,6 +258,15 @@ uint32_t mv_sim_oracle(mv_sim_vcpu_t *sv, uint64_t va, uint32_t op, uint32_t fla
         r->addr = va;
         return r->kind;
     }
+    if (sv->shadow) {
+        struct mv_p2m_entry pe;
+        if (mv_p2m_lookup(sv->d, (cs->cr3 & X86_ADDR) >> MV_PAGE_SHIFT, &pe) ||
+            !p2m_is_ram(pe.type)) {
+            r->kind = MV_SIM_ENGINE_ERROR;
+            r->rc = MV_EFAULT;
+            return r->kind;
+        }
+    }
     switch (o_walk(sv, o_root(sv, flags), va, &o, r)) {
     case O_NOT_PRESENT:
         return o_fault(op, flags, cs, false, false, va, r);
@@ -270,7 +285,7 @@ uint32_t mv_sim_oracle(mv_sim_vcpu_t *sv, uint64_t va, uint32_t op, uint32_t fla
         if (o_p2m(sv, o.pa, right, &mfn, r) != MV_SIM_OK)
             return r->kind;
         /* Accessed (and dirty) bits the walk must set are writes to the tables. */
-        for (int level = 4; level >= o.leaf_level; level--) {
+        for (int level = 4; sv->hap && level >= o.leaf_level; level--) {
             bool need = !(o.pte[level] & X86_A) ||
                         (level == o.leaf_level && op == MV_SIM_WRITE && !(o.pte[level] & X86_D));
             mv_mfn_t unused;
@@ -301,11 +316,26 @@ unsigned mv_sim_verify_page(mv_sim_vcpu_t *sv, uint64_t va, uint32_t flags,
     for (unsigned i = 0; i < 3; i++) {
         struct mv_sim_result a, b;
         mv_sim_oracle(sv, va, ops[i], flags, &b);
-        if (mv_sim_translate(sv, va, ops[i], flags, &a) == MV_SIM_OK && ops[i] == MV_SIM_WRITE) {
-            uint8_t *p = mv__sim_frame(sv->h, a.mfn) + (va & 0xfff);
-            uint64_t x;
-            memcpy(&x, p, sizeof(x)); /* the bytes read, written back */
-            memcpy(p, &x, sizeof(x));
+        uint32_t k = mv_sim_translate(sv, va, ops[i], flags, &a);
+        if ((k == MV_SIM_OK || k == MV_SIM_EMULATE) && ops[i] == MV_SIM_WRITE) {
+            uint8_t *p = mv_frame_va(sv->h, a.mfn);
+            uint64_t x = 0;
+            if (p)
+                memcpy(&x, p + (va & 0xfff), sizeof(x)); /* the bytes read, written back */
+            if (!p) {
+                a.kind = MV_SIM_BAD_FRAME;
+            } else if (k == MV_SIM_OK) {
+                memcpy(p + (va & 0xfff), &x, sizeof(x));
+            } else {
+                mv__sim_engine_begin(sv);
+                int rc = mv_shadow_emulate_write(sv->v, a.addr, &x, sizeof(x));
+                mv__sim_engine_end(sv);
+                sv->st.emulated_writes++;
+                if (rc) {
+                    a.kind = MV_SIM_ENGINE_ERROR;
+                    a.rc = rc;
+                }
+            }
         }
         if (!mv_sim_same(&a, &b)) {
             if (!bad) {
@@ -368,7 +398,7 @@ int mv_sim_tlb_check(mv_sim_vcpu_t *sv, struct mv_sim_tlb_report *rep)
                     violation(rep, va, "frame-left-domain");
                     continue;
                 }
-                if (!sv->hap && (e->flags & TLBF_W) && pi.type_refs &&
+                if (!sv->hvm && (e->flags & TLBF_W) && pi.type_refs &&
                     pi.type != MV_PGT_WRITABLE) {
                     violation(rep, va, "writable-translation-of-table");
                     continue;
@@ -379,7 +409,7 @@ int mv_sim_tlb_check(mv_sim_vcpu_t *sv, struct mv_sim_tlb_report *rep)
                 if (!differs) {
                     mv_mfn_t mfn = o.pa >> MV_PAGE_SHIFT;
                     unsigned rights = EPT_RWX;
-                    if (sv->hap) {
+                    if (sv->hvm) {
                         struct mv_p2m_entry pe;
                         if (mv_p2m_lookup(sv->d, o.pa >> MV_PAGE_SHIFT, &pe) != 0 ||
                             pe.type == MV_P2M_INVALID || pe.type == MV_P2M_MMIO_DIRECT) {
@@ -387,6 +417,11 @@ int mv_sim_tlb_check(mv_sim_vcpu_t *sv, struct mv_sim_tlb_report *rep)
                         } else {
                             mfn = pe.mfn;
                             rights = pe.access;
+                            /* A shadow leaf is writable only onto ram_rw the p2m lets
+                             * the guest write (log-dirty re-protects through it). */
+                            if (sv->shadow && (e->flags & TLBF_W) &&
+                                (pe.type != MV_P2M_RAM_RW || !(pe.access & MV_P2M_W)))
+                                differs = true;
                         }
                     }
                     differs = differs || mfn != e->mfn || ((e->flags & TLBF_W) && !o.w) ||

@@ -35,13 +35,13 @@
 #define TLBF_D 0x10u  /* the leaf is dirty */
 
 struct sim_path {
-    uint64_t addr; /* where the guest entry is: gpa (HAP) or machine address (PV) */
+    uint64_t addr; /* where the guest entry is: gpa (HVM) or machine address (PV) */
     uint64_t val;  /* its value when the entry was filled, A/D bits cleared */
 };
 
 struct sim_tlbe {
     uint64_t tag;      /* va >> (12 + 9 * size) */
-    uint64_t addr;     /* gpa (HAP) or machine address (PV) of the entry's first byte */
+    uint64_t addr;     /* gpa (HVM) or machine address (PV) of the entry's first byte */
     mv_mfn_t mfn;      /* the entry's first 4 KiB frame */
     uint8_t valid;
     uint8_t flags;     /* TLBF_* */
@@ -69,7 +69,13 @@ struct mv_sim_vcpu {
     mv_domain_t *d;
     mv_host_t *h;
     uint32_t domid, idx;
-    bool hap;
+    bool hap;                 /* HVM, nested paging: walks through the EPT-format p2m */
+    bool shadow;              /* HVM, shadow paging: walks the engine's shadow tables */
+    bool hvm;                 /* either: guest tables are read by guest-physical address */
+    /* Shadow: the root the engine gave for the guest CR3 it was loaded with. */
+    bool sh_loaded;
+    uint64_t sh_cr3;
+    uint64_t sh_root;
     mv_mfn_t root_override;
     /* What the TLB was filled under; a change is a CR write (sim_sync). */
     uint64_t seen_root;

@@ -15,6 +15,15 @@
  *         violations go to mv_p2m_handle_violation and the access is retried when the
  *         engine fixed it. Setting an A/D bit is a write: it needs EPT write permission
  *         (the engine's write-fault path marks the page dirty while logging).
+ *  - shadow: the engine's shadow tables (guest virtual -> machine) from the root
+ *         mv_shadow_set_cr3 gave for the guest's CR3, loaded again whenever the CR3
+ *         changes; every #PF goes to mv_shadow_page_fault (the hypervisor's trap): fixed
+ *         (retried), injected (the guest's #PF with the engine's error code), emulate (a
+ *         write to a guest page-table frame: mv_sim_rw hands the bytes to
+ *         mv_shadow_emulate_write, mv_sim_translate reports MV_SIM_EMULATE) or mmio.
+ *         INVLPG and TLB flushes of the guest are trapped too (mv_shadow_invlpg,
+ *         mv_shadow_flush). The TLB records the guest's own walk of each entry (read by
+ *         gfn) so that the TLB check can tell legal stale entries from engine bugs.
  *
  * The TLB is set-associative, one array per page size, tagged by the linear address; a
  * hit serves the access when the cached rights allow it (and, for a write, the cached
@@ -110,6 +119,7 @@ enum mv_sim_kind {
     MV_SIM_EPT_MISCONFIG,   /* a malformed EPT entry: an engine bug */
     MV_SIM_BAD_FRAME,       /* a frame outside machine memory, or (oracle) not the domain's */
     MV_SIM_ENGINE_ERROR,    /* the engine's fault handler failed (rc) or never converged */
+    MV_SIM_EMULATE,         /* shadow: a write the hypervisor emulates (addr: gpa, mfn) */
     MV_SIM_NR_KINDS
 };
 
@@ -130,7 +140,10 @@ struct mv_sim_result {
 };
 
 const char *mv_sim_kind_name(uint32_t kind);
-/* Same outcome: kind, and the frame (OK), error code (#PF), page (EPT) or code (error). */
+/*
+ * Same outcome: kind, and the frame (OK), error code (#PF), page (EPT) or code (error). An
+ * emulated write (MV_SIM_EMULATE) is the same as reaching its frame (MV_SIM_OK).
+ */
 bool mv_sim_same(const struct mv_sim_result *a, const struct mv_sim_result *b);
 
 /* Translate va for an access through the TLB and the tables. Returns r->kind. */
@@ -146,7 +159,10 @@ uint32_t mv_sim_rw(mv_sim_vcpu_t *sv, uint64_t va, void *buf, size_t len, uint32
 
 /* The guest's instructions. */
 void mv_sim_invlpg(mv_sim_vcpu_t *sv, uint64_t va);
-/* HVM: MOV to CR3 (through mv_vcpu_set_state); non-global entries go. 0 or its error. */
+/*
+ * HVM: MOV to CR3 (through mv_vcpu_set_state; under shadow paging also mv_shadow_set_cr3);
+ * non-global entries go. 0 or its error.
+ */
 int mv_sim_set_cr3(mv_sim_vcpu_t *sv, uint64_t cr3);
 /* Every entry goes (as toggling CR4.PGE does). */
 void mv_sim_flush_tlb(mv_sim_vcpu_t *sv);
@@ -156,6 +172,7 @@ void mv_sim_set_root_override(mv_sim_vcpu_t *sv, mv_mfn_t l4);
 struct mv_sim_vcpu_stats {
     uint64_t accesses, tlb_hits, walks, ept_violations, page_faults, ad_updates;
     uint64_t flushes_one, flushes_linear, flushes_gphys;
+    uint64_t shadow_faults, emulated_writes; /* shadow: traps to the engine */
 };
 void mv_sim_vcpu_stats(const mv_sim_vcpu_t *sv, struct mv_sim_vcpu_stats *st);
 
@@ -215,7 +232,7 @@ struct mv_sim_image_config {
     const char *path;     /* raw dump, or zstd-compressed (detected by its magic) */
     uint64_t cr3;         /* low 12 bits and bit 63 are masked */
     uint32_t domid;
-    uint32_t paging;      /* MV_PAGING_HAP (MV_PAGING_SHADOW: MV_EOPNOTSUPP for now) */
+    uint32_t paging;      /* MV_PAGING_SHADOW or MV_PAGING_HAP; 0: shadow, the default */
     uint32_t phys_bits;   /* 0: 40 */
     bool gbpages;         /* offer 1 GiB pages to the guest */
 };
@@ -259,7 +276,7 @@ int mv_sim_image_check_maps(const struct mv_sim_image *img, const char *path, ui
  * RAM, processes with address spaces of VMAs, and real x86-64 4-level tables in guest
  * memory. PV guests write their tables with mv_pv_mmu_update batches (machine addresses
  * learned with mv_p2m_lookup), pin each process's L4, switch with MV_PV_NEW_BASEPTR and
- * flush with the mmuext ops; HVM (HAP) guests store every byte, page-table entries
+ * flush with the mmuext ops; HVM guests (HAP or shadow) store every byte, page-table entries
  * included, through a vCPU and the kernel's direct map (2 MiB global leaves at
  * MV_SIM_DIRECT_MAP, written once by the boot loader before paging is on). Changes that
  * reduce a mapping are gathered (PTE writes batched, frames freed only after the
@@ -304,7 +321,7 @@ struct mv_sim_guest_config {
     size_t size;        /* sizeof(struct mv_sim_guest_config) */
     uint32_t domid;
     uint32_t nr_vcpus;
-    bool hvm;           /* HVM with HAP; else PV */
+    bool hvm;           /* HVM (shadow paging unless `hap`); else PV */
     uint64_t mem_pages; /* guest RAM, a multiple of 512 */
     uint64_t seed;
     uint32_t zero_pct;  /* content mix of new pages: zero, pool, the rest unique */
@@ -312,6 +329,7 @@ struct mv_sim_guest_config {
     uint32_t pool_pages; /* size of the shared pool (0: 256) */
     bool check;         /* oracle and TLB check at every invalidation */
     bool threaded;      /* vCPUs driven by threads of their own (see above) */
+    bool hap;           /* HVM with nested paging instead of shadow paging */
 };
 
 struct mv_sim_guest_stats {
@@ -398,10 +416,11 @@ struct mv_sim_run_config {
     const char *workload; /* a preset */
     uint32_t domains, vcpus;
     uint64_t seed;
-    bool hvm;             /* HVM with HAP; else PV */
+    bool hvm;             /* HVM (shadow paging unless `hap`); else PV */
     bool check;           /* the oracle at every invalidation */
     uint64_t mem_pages;   /* per domain; 0: from the footprint */
     bool threaded;        /* one thread per vCPU (puts the simulator in threaded mode) */
+    bool hap;             /* HVM with nested paging instead of shadow paging */
 };
 
 typedef struct mv_sim_run mv_sim_run_t;

@@ -13,6 +13,12 @@
  * (and the leaf's dirty bit for a write) set, top-down, each with a compare-and-swap as
  * the hardware's locked update; under HAP each of those writes needs EPT write permission
  * on the table's page (a log-dirty page faults to the engine, which marks it dirty).
+ *
+ * Under shadow paging the walk is the PV one over the engine's shadow tables (machine
+ * addresses, 4 KiB leaves only) and every #PF is the hypervisor's trap: the engine's
+ * outcome decides whether the walk is retried, the guest gets a #PF, or the access is
+ * emulated. The guest's own walk is read afterwards (by gfn) only to record it on the TLB
+ * entry for the TLB check, as the guest-physical address the translation stands for.
  */
 #include "sim-internal.h"
 
@@ -189,6 +195,80 @@ static int page_fault(struct mv_sim_vcpu *sv, bool present, bool rsvd, uint64_t 
     return WALK_DONE;
 }
 
+/*
+ * Shadow: the guest's own walk of va, entries read by gpa (A/D bits as they are now).
+ * The leaf level, or -1 when the guest's tables do not map va (changed meanwhile).
+ */
+static int guest_path(struct mv_sim_vcpu *sv, uint64_t va, uint64_t *addr, uint64_t *pte,
+                      uint64_t *gpa)
+{
+    uint64_t table = sv->v->state.cr3 & X86_ADDR;
+    for (int lv = 3; lv >= 0; lv--) {
+        uint64_t ea = table + 8 * ((va >> (12 + 9 * lv)) & 511), e;
+        if (!mv__sim_path_read(sv, ea, &e) || !(e & X86_P))
+            return -1;
+        addr[lv] = ea;
+        pte[lv] = e;
+        if (lv == 0 || (lv <= 2 && (e & X86_PS))) {
+            uint64_t span = 1ull << (12 + 9 * lv);
+            *gpa = ((e & X86_ADDR) & ~(span - 1)) + (va & (span - 1));
+            return lv;
+        }
+        table = e & X86_ADDR;
+    }
+    return -1;
+}
+
+/* Shadow: a #PF on the shadow tables goes to the engine; its outcome decides. */
+static int shadow_trap(struct mv_sim_vcpu *sv, uint64_t va, uint32_t op, uint32_t flags,
+                       struct mv_sim_result *r)
+{
+    const struct mv_vcpu_state *cs = &sv->v->state;
+    uint32_t ec = mv__sim_pf_code(false, false, op, flags, cs->cr4, cs->efer);
+    uint32_t acc = ((flags & MV_SIM_AC) ? MV_SHADOW_ACC_AC : 0) |
+                   ((flags & MV_SIM_IMPLICIT) ? MV_SHADOW_ACC_IMPLICIT : 0);
+    struct mv_shadow_outcome o;
+    sv->st.shadow_faults++;
+    mv__sim_engine_begin(sv);
+    int rc = mv_shadow_page_fault(sv->v, va, ec, acc, &o);
+    mv__sim_engine_end(sv);
+    if (rc) {
+        r->kind = MV_SIM_ENGINE_ERROR;
+        r->rc = rc;
+        r->addr = va;
+        return WALK_DONE;
+    }
+    struct mv_p2m_entry pe;
+    bool known = o.kind != MV_SHADOW_FIXED && o.kind != MV_SHADOW_INJECT &&
+                 mv_p2m_lookup(sv->d, o.gpa >> MV_PAGE_SHIFT, &pe) == 0;
+    r->addr = o.gpa;
+    switch (o.kind) {
+    case MV_SHADOW_FIXED:
+        return WALK_RETRY;
+    case MV_SHADOW_INJECT:
+        sv->st.page_faults++;
+        r->kind = MV_SIM_PAGE_FAULT;
+        r->error_code = o.error_code;
+        r->addr = va;
+        return WALK_DONE;
+    case MV_SHADOW_EMULATE:
+        r->kind = MV_SIM_EMULATE;
+        r->mfn = known ? pe.mfn : MV_INVALID_MFN;
+        return WALK_DONE;
+    case MV_SHADOW_DENIED:
+        r->kind = MV_SIM_EPT_DENIED;
+        return WALK_DONE;
+    default:
+        /* The hypervisor's device model takes mmio; a fetch from a device is refused,
+         * and anything else is a hole. */
+        if (known && pe.type == MV_P2M_MMIO_DIRECT)
+            r->kind = op == MV_SIM_FETCH ? MV_SIM_EPT_DENIED : MV_SIM_EPT_MMIO;
+        else
+            r->kind = MV_SIM_EPT_HOLE;
+        return WALK_DONE;
+    }
+}
+
 static void tlb_fill(struct mv_sim_vcpu *sv, uint64_t va, unsigned size, mv_mfn_t mfn,
                      uint64_t pa, unsigned tf, unsigned ept, unsigned lv, unsigned gorder,
                      const uint64_t *addr, const uint64_t *pte)
@@ -212,7 +292,8 @@ static int walk(struct mv_sim_vcpu *sv, uint64_t root, uint64_t va, uint32_t op,
 {
     const struct mv_vcpu_state *cs = &sv->v->state;
     mv_host_t *h = sv->h;
-    unsigned pbits = sv->d->phys_bits;
+    /* Shadow tables hold machine addresses: the host's width, not the guest's, applies. */
+    unsigned pbits = sv->shadow ? 52 : sv->d->phys_bits;
     bool nxe = (cs->efer & MV_EFER_NXE) != 0;
     bool gb = (cs->flags & MV_VCPUF_GBPAGES) != 0;
     mv_mfn_t eroot = sv->hap ? mv_p2m_root(sv->d) >> MV_PAGE_SHIFT : 0;
@@ -246,9 +327,11 @@ static int walk(struct mv_sim_vcpu *sv, uint64_t root, uint64_t va, uint32_t op,
         pte[lv] = e;
         addr[lv] = ea;
         if (!(e & X86_P))
-            return page_fault(sv, false, false, va, op, flags, r);
+            return sv->shadow ? shadow_trap(sv, va, op, flags, r)
+                              : page_fault(sv, false, false, va, op, flags, r);
         if (reserved(e, (unsigned)lv, pbits, nxe, gb))
-            return page_fault(sv, true, true, va, op, flags, r);
+            return sv->shadow ? shadow_trap(sv, va, op, flags, r)
+                              : page_fault(sv, true, true, va, op, flags, r);
         if (!(e & X86_RW))
             tf &= ~TLBF_W;
         if (!(e & X86_US))
@@ -265,8 +348,10 @@ static int walk(struct mv_sim_vcpu *sv, uint64_t root, uint64_t va, uint32_t op,
     uint64_t pa = ((leaf & X86_ADDR) & ~(span - 1)) + (va & (span - 1));
     if ((leaf & X86_G) && (cs->cr4 & MV_CR4_PGE))
         tf |= TLBF_G;
-    if (!mv__sim_permits(tf, op, flags, cs->cr0, cs->cr4))
-        return page_fault(sv, true, false, va, op, flags, r);
+    if (!mv__sim_permits(tf, op, flags, cs->cr0, cs->cr4) ||
+        (sv->shadow && op == MV_SIM_WRITE && !(tf & TLBF_W)))
+        return sv->shadow ? shadow_trap(sv, va, op, flags, r)
+                          : page_fault(sv, true, false, va, op, flags, r);
 
     mv_mfn_t mfn;
     unsigned size = (unsigned)lv, erights = 0;
@@ -287,6 +372,14 @@ static int walk(struct mv_sim_vcpu *sv, uint64_t root, uint64_t va, uint32_t op,
         if (!mv__sim_frame(h, mfn)) {
             r->kind = MV_SIM_BAD_FRAME;
             r->addr = pa;
+            if (sv->shadow) {
+                /* A shadow leaf onto a device frame: mmio_direct passed through. */
+                uint64_t ga[4], gp[4], gpa;
+                if (guest_path(sv, va, ga, gp, &gpa) < 0)
+                    return WALK_RETRY;
+                r->kind = op == MV_SIM_FETCH ? MV_SIM_EPT_DENIED : MV_SIM_EPT_MMIO;
+                r->addr = gpa;
+            }
             return WALK_DONE;
         }
     }
@@ -313,6 +406,16 @@ static int walk(struct mv_sim_vcpu *sv, uint64_t root, uint64_t va, uint32_t op,
     if (pte[lv] & X86_D)
         tf |= TLBF_D;
 
+    if (sv->shadow) {
+        /* The TLB entry stands for the guest's walk: record it and its gpa. */
+        int glv = guest_path(sv, va, addr, pte, &pa);
+        if (glv < 0)
+            return WALK_RETRY; /* the guest changed its tables under the walk */
+        gorder = 9 * (unsigned)glv;
+        lv = glv;
+        if ((tf & TLBF_G) && !((pte[glv] & X86_G) && (cs->cr4 & MV_CR4_PGE)))
+            tf &= ~TLBF_G;
+    }
     tlb_fill(sv, va, size, mfn, pa, tf, erights, (unsigned)lv, gorder, addr, pte);
     r->kind = MV_SIM_OK;
     r->mfn = mfn;
@@ -326,7 +429,7 @@ static uint64_t sync_root(struct mv_sim_vcpu *sv, uint32_t flags)
 {
     const struct mv_vcpu_state *cs = &sv->v->state;
     uint64_t root;
-    if (sv->hap) {
+    if (sv->hvm) {
         root = cs->cr3 & X86_ADDR;
     } else {
         mv_mfn_t m = sv->root_override;
@@ -365,6 +468,25 @@ static uint32_t translate(mv_sim_vcpu_t *sv, uint64_t va, uint32_t op, uint32_t 
     }
     const struct mv_vcpu_state *cs = &sv->v->state;
     uint64_t root = sync_root(sv, flags);
+    if (sv->shadow) {
+        /* A CR3 the engine has not loaded yet (changed behind our back): its trap. */
+        if (!sv->sh_loaded || sv->sh_cr3 != cs->cr3) {
+            mv_paddr_t sroot = 0;
+            mv__sim_engine_begin(sv);
+            int rc = mv_shadow_set_cr3(sv->v, cs->cr3, &sroot);
+            mv__sim_engine_end(sv);
+            sv->sh_loaded = rc == 0;
+            sv->sh_cr3 = cs->cr3;
+            sv->sh_root = sroot;
+            if (rc) {
+                r->kind = MV_SIM_ENGINE_ERROR;
+                r->rc = rc;
+                r->addr = va;
+                return r->kind;
+            }
+        }
+        root = sv->sh_root;
+    }
     struct sim_tlbe *e = mv__sim_tlb_find(sv, va);
     if (e) {
         bool ok = mv__sim_permits(e->flags, op, flags, cs->cr0, cs->cr4) &&
@@ -412,13 +534,27 @@ static uint32_t rw(mv_sim_vcpu_t *sv, uint64_t va, void *buf, size_t len, uint32
         size_t chunk = MV_PAGE_SIZE - (va & 0xfff);
         if (chunk > len)
             chunk = len;
-        if (mv_sim_translate(sv, va, op, flags, r) != MV_SIM_OK)
+        uint32_t k = mv_sim_translate(sv, va, op, flags, r);
+        if (k == MV_SIM_EMULATE && op == MV_SIM_WRITE) {
+            /* The hypervisor's emulator completes the write (shadow paging). */
+            mv__sim_engine_begin(sv);
+            int rc = mv_shadow_emulate_write(sv->v, r->addr, b, chunk);
+            mv__sim_engine_end(sv);
+            sv->st.emulated_writes++;
+            if (rc) {
+                r->kind = MV_SIM_ENGINE_ERROR;
+                r->rc = rc;
+                return r->kind;
+            }
+        } else if (k != MV_SIM_OK) {
             return r->kind;
-        uint8_t *p = mv__sim_frame(sv->h, r->mfn) + (va & 0xfff);
-        if (op == MV_SIM_WRITE)
-            memcpy(p, b, chunk);
-        else
-            memcpy(b, p, chunk);
+        } else {
+            uint8_t *p = mv__sim_frame(sv->h, r->mfn) + (va & 0xfff);
+            if (op == MV_SIM_WRITE)
+                memcpy(p, b, chunk);
+            else
+                memcpy(b, p, chunk);
+        }
         b += chunk;
         va += chunk;
         len -= chunk;
@@ -440,15 +576,17 @@ const char *mv_sim_kind_name(uint32_t kind)
 {
     static const char *const names[MV_SIM_NR_KINDS] = {
         "ok", "page-fault", "gp-fault", "ept-mmio", "ept-hole", "ept-denied",
-        "ept-misconfig", "bad-frame", "engine-error"};
+        "ept-misconfig", "bad-frame", "engine-error", "emulate"};
     return kind < MV_SIM_NR_KINDS ? names[kind] : "?";
 }
 
 bool mv_sim_same(const struct mv_sim_result *a, const struct mv_sim_result *b)
 {
-    if (a->kind != b->kind)
+    uint32_t ka = a->kind == MV_SIM_EMULATE ? MV_SIM_OK : a->kind;
+    uint32_t kb = b->kind == MV_SIM_EMULATE ? MV_SIM_OK : b->kind;
+    if (ka != kb)
         return false;
-    switch (a->kind) {
+    switch (ka) {
     case MV_SIM_OK:
         return a->mfn == b->mfn;
     case MV_SIM_PAGE_FAULT:

@@ -322,7 +322,7 @@ int mv_sim_run_create(mv_sim_t *s, const struct mv_sim_run_config *cfg, mv_sim_r
         mem = (r->p.footprint * (r->p.max_procs + 1) + 1023) & ~511ull;
     for (uint32_t i = 0; i < cfg->domains && !rc; i++) {
         struct mv_sim_guest_config gc = {.size = sizeof(gc), .domid = i + 1,
-                                         .nr_vcpus = cfg->vcpus, .hvm = cfg->hvm,
+                                         .nr_vcpus = cfg->vcpus, .hvm = cfg->hvm, .hap = cfg->hap,
                                          .mem_pages = mem, .seed = cfg->seed,
                                          .zero_pct = r->p.zero_pct, .pool_pct = r->p.pool_pct,
                                          .check = cfg->check, .threaded = cfg->threaded};

@@ -65,4 +65,10 @@ uint64_t th_rss_bytes(void);
 #define TH_MiB (1ull << 20)
 #define TH_GiB (1ull << 30)
 
+/* "pv", "hap" or "shadow" for messages. */
+static inline const char *th_paging_name(uint32_t paging)
+{
+    return paging == MV_PAGING_HAP ? "hap" : paging == MV_PAGING_SHADOW ? "shadow" : "pv";
+}
+
 #endif

@@ -1,5 +1,5 @@
 /*
- * tests/test_sim_guest.c - the guest OS model in PV and HAP: demand faults fill pages with
+ * tests/test_sim_guest.c - the guest OS model in PV, HAP and shadow: demand faults fill pages with
  * the content the model expects; fork shares pages read-only and each side's writes stay
  * its own (copy-on-write by the guest's fault handler); munmap, mprotect, exec and exit
  * give every frame and table back; the oracle agrees at every invalidation and the audit
@@ -17,12 +17,13 @@ struct fx {
 };
 static struct fx fx;
 
-static void setup(bool hvm)
+static void setup(uint32_t paging)
 {
     struct mv_sim_config c = {.size = sizeof(c), .mem_bytes = 64 * TH_MiB};
     assert_int_equal(mv_sim_create(&c, &fx.s), 0);
     struct mv_sim_guest_config gc = {.size = sizeof(gc), .domid = 1, .nr_vcpus = 2,
-                                     .hvm = hvm, .mem_pages = 2048, .seed = 7,
+                                     .hvm = paging != MV_PAGING_PV,
+                                     .hap = paging == MV_PAGING_HAP, .mem_pages = 2048, .seed = 7,
                                      .zero_pct = 30, .pool_pct = 30, .check = true};
     assert_int_equal(mv_sim_guest_create(fx.s, &gc, &fx.g), 0);
 }
@@ -49,9 +50,9 @@ static uint64_t load(uint32_t vc, uint64_t va)
     return x;
 }
 
-static void fork_cow(bool hvm)
+static void fork_cow(uint32_t paging)
 {
-    setup(hvm);
+    setup(paging);
     mv_sim_guest_t *g = fx.g;
     struct mv_sim_guest_stats st0, st;
     mv_sim_guest_stats(g, &st0);
@@ -119,19 +120,25 @@ static void fork_cow(bool hvm)
 static void fork_cow_pv(void **state)
 {
     (void)state;
-    fork_cow(false);
+    fork_cow(MV_PAGING_PV);
 }
 
 static void fork_cow_hap(void **state)
 {
     (void)state;
-    fork_cow(true);
+    fork_cow(MV_PAGING_HAP);
+}
+
+static void fork_cow_shadow(void **state)
+{
+    (void)state;
+    fork_cow(MV_PAGING_SHADOW);
 }
 
 /* A process on two vCPUs: a munmap on one shoots the other down (checked by the oracle). */
-static void shootdown(bool hvm)
+static void shootdown(uint32_t paging)
 {
-    setup(hvm);
+    setup(paging);
     mv_sim_guest_t *g = fx.g;
     int pid;
     uint64_t va;
@@ -156,13 +163,19 @@ static void shootdown(bool hvm)
 static void shootdown_pv(void **state)
 {
     (void)state;
-    shootdown(false);
+    shootdown(MV_PAGING_PV);
 }
 
 static void shootdown_hap(void **state)
 {
     (void)state;
-    shootdown(true);
+    shootdown(MV_PAGING_HAP);
+}
+
+static void shootdown_shadow(void **state)
+{
+    (void)state;
+    shootdown(MV_PAGING_SHADOW);
 }
 
 int main(void)
@@ -170,8 +183,10 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(fork_cow_pv),
         cmocka_unit_test(fork_cow_hap),
+        cmocka_unit_test(fork_cow_shadow),
         cmocka_unit_test(shootdown_pv),
         cmocka_unit_test(shootdown_hap),
+        cmocka_unit_test(shootdown_shadow),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -97,10 +97,11 @@ static void test_bad_images(void **state)
     assert_int_equal(import(file("ok.raw", page, 8192), 0, 31), MV_EINVAL);
     assert_int_equal(import(file("ok.raw", page, 8192), 0, 53), MV_EINVAL);
     struct mv_sim_image_config c = {.size = sizeof(c), .path = file("ok.raw", page, 8192),
-                                    .paging = MV_PAGING_SHADOW};
+                                    .paging = 7};
     struct mv_sim_image *img;
     char err[128];
-    assert_int_equal(mv_sim_image_import(s, &c, &img, err, sizeof(err)), MV_EOPNOTSUPP);
+    assert_int_equal(mv_sim_image_import(s, &c, &img, err, sizeof(err)), MV_EINVAL);
+    assert_non_null(strstr(err, "shadow or hap"));
     /* zstd: good, then truncated, lying about its size, corrupt. */
     size_t n = zstd_frame(z, page, 8192, 8192);
     assert_int_equal(import(file("ok.zst", z, n), 0, 0), 0);
@@ -185,8 +186,12 @@ static void test_tool_exit_status(void **state)
     assert_int_equal(run_tool(a), 2);
     snprintf(a, sizeof(a), "--image %s --cr3 1000 --format xml", okpath);
     assert_int_equal(run_tool(a), 2);
-    snprintf(a, sizeof(a), "--image %s --cr3 1000 --paging shadow", okpath);
+    snprintf(a, sizeof(a), "--image %s --cr3 1000 --paging ept", okpath);
     assert_int_equal(run_tool(a), 2);
+    snprintf(a, sizeof(a), "--image %s --cr3 1000 --paging hap --verify", okpath);
+    assert_int_equal(run_tool(a), 0);
+    assert_int_equal(run_tool("--workload idle --paging hap"), 2); /* needs --mode hvm */
+    assert_int_equal(run_tool("--workload idle --mode hvm --paging shadow --steps 50"), 0);
     snprintf(a, sizeof(a), "--image %s --cr3 1000 --maxphyaddr 99", okpath);
     assert_int_equal(run_tool(a), 2);
     snprintf(a, sizeof(a), "--image %s --cr3 1000 --host-memory 12Q", okpath);
@@ -197,6 +202,16 @@ static void test_tool_exit_status(void **state)
     snprintf(a, sizeof(a), "--image %s --cr3 1000 --verify --format json -o %s/out.json", okpath,
              dir);
     assert_int_equal(run_tool(a), 0);
+    /* Shadow paging is the default, and the report says so. */
+    char jpath[512], buf[4096];
+    snprintf(jpath, sizeof(jpath), "%s/out.json", dir);
+    FILE *jf = fopen(jpath, "r");
+    assert_non_null(jf);
+    size_t jn = fread(buf, 1, sizeof(buf) - 1, jf);
+    fclose(jf);
+    buf[jn] = 0;
+    assert_non_null(strstr(buf, "\"paging\": \"shadow\""));
+    assert_non_null(strstr(buf, "\"mismatches\": 0"));
     snprintf(a, sizeof(a), "--image %s --cr3 1000 --format csv -o /nonexistent/dir/x", okpath);
     assert_int_equal(run_tool(a), 2);
 }

@@ -1,9 +1,10 @@
 /*
  * tests/test_sim_image.c - the real Linux guest image of shared/corpus.
  *
- * Imported once per process (decompressed as a stream): the README's figures, every MAP
- * line of the guest's own listing translating with its process's root, and --verify in
- * HAP mode with zero mismatches and a clean audit. The corpus is looked for in
+ * Imported once per process in each HVM paging mode (decompressed as a stream): the
+ * README's figures, every MAP line of the guest's own listing translating with its
+ * process's root, and --verify under shadow paging (the default) and under HAP with zero
+ * mismatches and a clean audit, log-dirty included. The corpus is looked for in
  * MEMVIRT_CORPUS, then beside the clone (MV_TEST_CORPUS); without it the suite exits 77.
  */
 #include <stdio.h>
@@ -16,7 +17,7 @@
 #include "sim.h"
 
 static mv_sim_t *s;
-static struct mv_sim_image *img;
+static struct mv_sim_image *img, *img_hap; /* shadow (the default), HAP */
 static char corpus[512];
 
 static double now_s(void)
@@ -40,17 +41,22 @@ static int group_setup(void **state)
         return -1;
     }
     fclose(f);
-    struct mv_sim_config c = {.size = sizeof(c), .mem_bytes = 320 * TH_MiB};
+    struct mv_sim_config c = {.size = sizeof(c), .mem_bytes = 640 * TH_MiB};
     if (mv_sim_create(&c, &s))
         return -1;
-    struct mv_sim_image_config ic = {.size = sizeof(ic), .path = path, .cr3 = cr3, .domid = 1,
-                                     .paging = MV_PAGING_HAP};
+    struct mv_sim_image_config ic = {.size = sizeof(ic), .path = path, .cr3 = cr3, .domid = 1};
     double t0 = now_s();
     if (mv_sim_image_import(s, &ic, &img, err, sizeof(err))) {
         fprintf(stderr, "import: %s\n", err);
         return -1;
     }
     print_message("import: %.2f s\n", now_s() - t0);
+    ic.domid = 2;
+    ic.paging = MV_PAGING_HAP;
+    if (mv_sim_image_import(s, &ic, &img_hap, err, sizeof(err))) {
+        fprintf(stderr, "import (hap): %s\n", err);
+        return -1;
+    }
     return 0;
 }
 
@@ -60,6 +66,7 @@ static int group_teardown(void **state)
     if (s) {
         th_assert_audit_clean(mv_sim_host(s));
         mv_sim_image_free(s, img);
+        mv_sim_image_free(s, img_hap);
         th_assert_audit_clean(mv_sim_host(s));
         mv_sim_destroy(s);
     }
@@ -69,6 +76,10 @@ static int group_teardown(void **state)
 static void test_figures(void **state)
 {
     (void)state;
+    struct mv_domain_stats ds = {.size = sizeof(ds)};
+    assert_int_equal(mv_domain_stats(img->d, &ds), 0);
+    assert_int_equal(ds.paging, MV_PAGING_SHADOW);
+    assert_memory_equal(&img->st, &img_hap->st, sizeof(img->st));
     const struct mv_sim_image_stats *st = &img->st;
     assert_int_equal(st->bytes, 256 * TH_MiB);
     assert_int_equal(img->cr3, 0x2946000);
@@ -111,25 +122,54 @@ static void test_maps(void **state)
     assert_int_equal(ok, 22887);
 }
 
+static void verify(struct mv_sim_image *im, const char *mode)
+{
+    uint64_t verified, mismatches;
+    double t0 = now_s();
+    assert_int_equal(mv_sim_image_verify(s, im, NULL, NULL, &verified, &mismatches), 0);
+    double t = now_s() - t0;
+    print_message("verify (%s): %llu pages in %.2f s (%.1f M translations/s)\n", mode,
+                  (unsigned long long)verified, t, 6.0 * (double)verified / t / 1e6);
+    assert_int_equal(verified, im->st.pages4k);
+    assert_int_equal(mismatches, 0);
+    struct mv_sim_tlb_report rep;
+    assert_int_equal(mv_sim_tlb_check(mv_sim_vcpu(s, im->d, 0), &rep), 0);
+    th_assert_audit_clean(mv_sim_host(s));
+    /* The figures do not move: A/D bits are not counted. */
+    assert_int_equal(im->st.pages4k, 1037651);
+}
+
+static void test_verify_shadow(void **state)
+{
+    (void)state;
+    verify(img, "shadow");
+    struct mv_shadow_stats ss = {.size = sizeof(ss)};
+    assert_int_equal(mv_shadow_stats(img->d, &ss), 0);
+    print_message("shadow: %llu fixed, %llu emulated writes, %llu evictions, L4 %llu L3 %llu "
+                  "L2 %llu L1 %llu FL1 %llu in use\n",
+                  (unsigned long long)ss.faults[MV_SHADOW_FIXED],
+                  (unsigned long long)ss.emulated_writes, (unsigned long long)ss.evictions,
+                  (unsigned long long)ss.shadows[4], (unsigned long long)ss.shadows[3],
+                  (unsigned long long)ss.shadows[2], (unsigned long long)ss.shadows[1],
+                  (unsigned long long)ss.shadows[5]);
+    /* Leaves were built on faults (the kernel half once for every root: its shadows are
+     * shared), and writes to the guest's own tables were emulated. */
+    assert_true(ss.faults[MV_SHADOW_FIXED] > img->st.leaves[0]);
+    assert_true(ss.emulated_writes > 0);
+    uint64_t in_use = 0;
+    for (unsigned t = 1; t < 7; t++)
+        in_use += ss.shadows[t];
+    assert_true(in_use <= ss.budget && ss.pool_frames <= ss.budget);
+}
+
 static void test_verify_hap(void **state)
 {
     (void)state;
-    uint64_t verified, mismatches;
-    double t0 = now_s();
-    assert_int_equal(mv_sim_image_verify(s, img, NULL, NULL, &verified, &mismatches), 0);
-    double t = now_s() - t0;
-    print_message("verify: %llu pages in %.2f s (%.1f M translations/s)\n",
-                  (unsigned long long)verified, t, 6.0 * (double)verified / t / 1e6);
-    assert_int_equal(verified, img->st.pages4k);
-    assert_int_equal(mismatches, 0);
-    struct mv_sim_tlb_report rep;
-    assert_int_equal(mv_sim_tlb_check(mv_sim_vcpu(s, img->d, 0), &rep), 0);
-    th_assert_audit_clean(mv_sim_host(s));
-    /* The figures do not move: A/D bits are not counted. */
-    assert_int_equal(img->st.pages4k, 1037651);
+    verify(img_hap, "hap");
 }
 
 struct walkctx {
+    const struct mv_sim_image *im;
     mv_sim_vcpu_t *sv;
     const uint64_t *bm;
     uint64_t writable, missed;
@@ -137,7 +177,7 @@ struct walkctx {
 
 static void enumerate(struct walkctx *w, int level, mv_gfn_t table, uint64_t base)
 {
-    const uint64_t *t = (const uint64_t *)(const void *)img->va[table];
+    const uint64_t *t = (const uint64_t *)(const void *)w->im->va[table];
     for (unsigned i = 0; i < 512; i++) {
         uint64_t e = t[i];
         if (!(e & 1))
@@ -145,7 +185,7 @@ static void enumerate(struct walkctx *w, int level, mv_gfn_t table, uint64_t bas
         uint64_t va = base + ((uint64_t)i << (12 + 9 * (level - 1)));
         mv_gfn_t g = (e & 0x000ffffffffff000ull) >> 12;
         if (level == 1 || (level < 4 && (e & 0x80))) {
-            if (level != 1 || g >= img->pages)
+            if (level != 1 || g >= w->im->pages)
                 continue; /* 4 KiB leaves are enough here */
             uint64_t cva = (uint64_t)((int64_t)(va << 16) >> 16);
             struct mv_sim_result o;
@@ -156,40 +196,51 @@ static void enumerate(struct walkctx *w, int level, mv_gfn_t table, uint64_t bas
                 if (!((w->bm[d / 64] >> (d % 64)) & 1))
                     w->missed++;
             }
-        } else if (g < img->pages) {
+        } else if (g < w->im->pages) {
             enumerate(w, level - 1, g, va);
         }
     }
 }
 
 /* Under log-dirty, verification writes every page: all of them are reported. */
-static void test_verify_logdirty(void **state)
+static void verify_logdirty(struct mv_sim_image *im)
 {
-    (void)state;
-    assert_int_equal(mv_p2m_logdirty_enable(img->d), 0);
+    assert_int_equal(mv_p2m_logdirty_enable(im->d), 0);
     uint64_t done, dirty, verified, mismatches;
-    uint64_t *bm = calloc(img->pages / 64, sizeof(uint64_t));
+    uint64_t *bm = calloc(im->pages / 64, sizeof(uint64_t));
     assert_non_null(bm);
-    assert_int_equal(mv_p2m_logdirty_peek_and_clean(img->d, 0, img->pages, bm, img->pages,
+    assert_int_equal(mv_p2m_logdirty_peek_and_clean(im->d, 0, im->pages, bm, im->pages,
                                                     &done, &dirty), 0);
-    assert_int_equal(mv_sim_image_verify(s, img, NULL, NULL, &verified, &mismatches), 0);
+    assert_int_equal(mv_sim_image_verify(s, im, NULL, NULL, &verified, &mismatches), 0);
     assert_int_equal(mismatches, 0);
     uint64_t rc;
-    while ((rc = (uint64_t)mv_p2m_logdirty_peek_and_clean(img->d, 0, img->pages, bm,
-                                                          img->pages, &done, &dirty)) ==
+    while ((rc = (uint64_t)mv_p2m_logdirty_peek_and_clean(im->d, 0, im->pages, bm,
+                                                          im->pages, &done, &dirty)) ==
            (uint64_t)MV_EAGAIN)
         ;
     assert_int_equal(rc, 0);
     /* Every page the CR3 root maps writable was written: it must be reported. */
-    struct walkctx w = {.sv = mv_sim_vcpu(s, img->d, 0), .bm = bm};
-    enumerate(&w, 4, img->cr3 >> 12, 0);
+    struct walkctx w = {.im = im, .sv = mv_sim_vcpu(s, im->d, 0), .bm = bm};
+    enumerate(&w, 4, im->cr3 >> 12, 0);
     uint64_t writable = w.writable, missed = w.missed;
     mv_sim_vcpu_t *sv = w.sv;
-    assert_int_equal(mv_sim_set_cr3(sv, img->cr3), 0);
+    assert_int_equal(mv_sim_set_cr3(sv, im->cr3), 0);
     assert_true(writable > 0);
     assert_int_equal(missed, 0);
     free(bm);
-    assert_int_equal(mv_p2m_logdirty_disable(img->d), 0);
+    assert_int_equal(mv_p2m_logdirty_disable(im->d), 0);
+}
+
+static void test_verify_logdirty_shadow(void **state)
+{
+    (void)state;
+    verify_logdirty(img);
+}
+
+static void test_verify_logdirty_hap(void **state)
+{
+    (void)state;
+    verify_logdirty(img_hap);
 }
 
 int main(void)
@@ -206,8 +257,10 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_figures),
         cmocka_unit_test(test_maps),
+        cmocka_unit_test(test_verify_shadow),
         cmocka_unit_test(test_verify_hap),
-        cmocka_unit_test(test_verify_logdirty),
+        cmocka_unit_test(test_verify_logdirty_shadow),
+        cmocka_unit_test(test_verify_logdirty_hap),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

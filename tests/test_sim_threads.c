@@ -42,19 +42,20 @@ static void final_check(mv_sim_t *s, mv_sim_run_t *r, const char *what)
     }
 }
 
-static uint64_t run(const char *name, bool hvm, uint64_t seed)
+static uint64_t run(const char *name, uint32_t paging, uint64_t seed)
 {
     mv_sim_t *s;
     struct mv_sim_config c = {.size = sizeof(c), .mem_bytes = 256 * TH_MiB};
     assert_int_equal(mv_sim_create(&c, &s), 0);
     struct mv_sim_run_config rc = {.size = sizeof(rc), .workload = name, .domains = DOMS,
-                                   .vcpus = VCPUS, .seed = seed, .hvm = hvm, .check = true,
+                                   .vcpus = VCPUS, .seed = seed, .hvm = paging != MV_PAGING_PV,
+                                   .hap = paging == MV_PAGING_HAP, .check = true,
                                    .threaded = true};
     mv_sim_run_t *r;
     assert_int_equal(mv_sim_run_create(s, &rc, &r), 0);
     assert_true(mv_sim_threaded(s));
     char what[64];
-    snprintf(what, sizeof(what), "%s %s", name, hvm ? "hap" : "pv");
+    snprintf(what, sizeof(what), "%s %s", name, th_paging_name(paging));
     int e = mv_sim_run_steps(r, STEPS);
     if (e)
         fail_msg("%s: %s", what, mv_strerror(e));
@@ -81,25 +82,31 @@ static uint64_t run(const char *name, bool hvm, uint64_t seed)
     return waits;
 }
 
-static void presets(bool hvm)
+static void presets(uint32_t paging)
 {
     uint64_t waits = 0;
     for (unsigned i = 0; mv_sim_workload_name(i); i++)
-        waits += run(mv_sim_workload_name(i), hvm, 42 + i);
-    print_message("%s: %llu shootdown(s) waited for a vCPU in guest code\n", hvm ? "hap" : "pv",
+        waits += run(mv_sim_workload_name(i), paging, 42 + i);
+    print_message("%s: %llu shootdown(s) waited for a vCPU in guest code\n", th_paging_name(paging),
                   (unsigned long long)waits);
 }
 
 static void presets_pv(void **state)
 {
     (void)state;
-    presets(false);
+    presets(MV_PAGING_PV);
 }
 
 static void presets_hap(void **state)
 {
     (void)state;
-    presets(true);
+    presets(MV_PAGING_HAP);
+}
+
+static void presets_shadow(void **state)
+{
+    (void)state;
+    presets(MV_PAGING_SHADOW);
 }
 
 int main(void)
@@ -107,6 +114,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(presets_pv),
         cmocka_unit_test(presets_hap),
+        cmocka_unit_test(presets_shadow),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,5 +1,5 @@
 /*
- * tests/test_sim_workload.c - every preset in PV and HAP on two domains of two vCPUs, with
+ * tests/test_sim_workload.c - every preset in PV, HAP and shadow on two domains of two vCPUs, with
  * the oracle and the TLB check at every invalidation the guests make and an audit at the
  * end; the same seed gives the same per-domain figures.
  */
@@ -11,24 +11,25 @@
 
 #define STEPS 3000u
 
-static void run(const char *name, bool hvm, uint64_t seed, struct mv_sim_guest_stats out[2])
+static void run(const char *name, uint32_t paging, uint64_t seed, struct mv_sim_guest_stats out[2])
 {
     mv_sim_t *s;
     struct mv_sim_config c = {.size = sizeof(c), .mem_bytes = 256 * TH_MiB};
     assert_int_equal(mv_sim_create(&c, &s), 0);
     struct mv_sim_run_config rc = {.size = sizeof(rc), .workload = name, .domains = 2,
-                                   .vcpus = 2, .seed = seed, .hvm = hvm, .check = true};
+                                   .vcpus = 2, .seed = seed, .hvm = paging != MV_PAGING_PV,
+                                   .hap = paging == MV_PAGING_HAP, .check = true};
     mv_sim_run_t *r;
     assert_int_equal(mv_sim_run_create(s, &rc, &r), 0);
     int e = mv_sim_run_steps(r, STEPS);
     if (e)
-        fail_msg("%s %s: %s", name, hvm ? "hap" : "pv", mv_strerror(e));
+        fail_msg("%s %s: %s", name, th_paging_name(paging), mv_strerror(e));
     for (uint32_t i = 0; i < 2; i++) {
         struct mv_sim_guest_stats *st = &out[i];
         mv_sim_guest_stats(mv_sim_run_guest(r, i), st);
         if (st->mismatches || st->tlb_violations || st->content_errors || st->errors)
             fail_msg("%s %s dom %u: mismatches %llu tlb %llu content %llu errors %llu (%d)",
-                     name, hvm ? "hap" : "pv", i + 1, (unsigned long long)st->mismatches,
+                     name, th_paging_name(paging), i + 1, (unsigned long long)st->mismatches,
                      (unsigned long long)st->tlb_violations,
                      (unsigned long long)st->content_errors, (unsigned long long)st->errors,
                      st->last_error);
@@ -36,6 +37,22 @@ static void run(const char *name, bool hvm, uint64_t seed, struct mv_sim_guest_s
         for (unsigned k = 0; k < MV_SIM_GOP_NR; k++)
             ops += st->ops[k];
         assert_true(ops >= STEPS / 2 / 2);
+        if (paging == MV_PAGING_SHADOW && strcmp(name, "idle")) {
+            /* The guest's table edits went through the shadows: trapped and emulated. */
+            struct mv_shadow_stats ss = {.size = sizeof(ss)};
+            assert_int_equal(mv_shadow_stats(mv_sim_guest_domain(mv_sim_run_guest(r, i)), &ss),
+                             0);
+            assert_true(ss.faults[MV_SHADOW_FIXED] > 0);
+            assert_true(ss.emulated_writes > 0);
+            assert_true(ss.shadows[1] > 0 && ss.shadows[4] > 0);
+            if (i == 0)
+                print_message("%s shadow: %llu fixed, %llu injected, %llu emulated writes, "
+                              "%llu evictions, %llu zapped\n", name,
+                              (unsigned long long)ss.faults[MV_SHADOW_FIXED],
+                              (unsigned long long)ss.faults[MV_SHADOW_INJECT],
+                              (unsigned long long)ss.emulated_writes,
+                              (unsigned long long)ss.evictions, (unsigned long long)ss.zapped);
+        }
     }
     th_assert_audit_clean(mv_sim_host(s));
     mv_sim_run_destroy(r);
@@ -43,11 +60,11 @@ static void run(const char *name, bool hvm, uint64_t seed, struct mv_sim_guest_s
     mv_sim_destroy(s);
 }
 
-static void presets(bool hvm)
+static void presets(uint32_t paging)
 {
     for (unsigned i = 0; mv_sim_workload_name(i); i++) {
         struct mv_sim_guest_stats st[2];
-        run(mv_sim_workload_name(i), hvm, 42, st);
+        run(mv_sim_workload_name(i), paging, 42, st);
         if (!strcmp(mv_sim_workload_name(i), "forky"))
             assert_true(st[0].ops[MV_SIM_GOP_FORK] > 0 && st[0].faults[MV_SIM_GF_COW] > 0);
         assert_true(st[0].checks > 0 || !strcmp(mv_sim_workload_name(i), "idle"));
@@ -57,23 +74,29 @@ static void presets(bool hvm)
 static void presets_pv(void **state)
 {
     (void)state;
-    presets(false);
+    presets(MV_PAGING_PV);
 }
 
 static void presets_hap(void **state)
 {
     (void)state;
-    presets(true);
+    presets(MV_PAGING_HAP);
+}
+
+static void presets_shadow(void **state)
+{
+    (void)state;
+    presets(MV_PAGING_SHADOW);
 }
 
 static void determinism(void **state)
 {
     (void)state;
-    for (int hvm = 0; hvm < 2; hvm++) {
+    for (uint32_t paging = 0; paging <= MV_PAGING_SHADOW; paging++) {
         struct mv_sim_guest_stats a[2], b[2], c[2];
-        run("compile-like", hvm, 9, a);
-        run("compile-like", hvm, 9, b);
-        run("compile-like", hvm, 10, c);
+        run("compile-like", paging, 9, a);
+        run("compile-like", paging, 9, b);
+        run("compile-like", paging, 10, c);
         assert_memory_equal(a, b, sizeof(a));
         assert_true(memcmp(a, c, sizeof(a)) != 0);
     }
@@ -101,6 +124,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(presets_pv),
         cmocka_unit_test(presets_hap),
+        cmocka_unit_test(presets_shadow),
         cmocka_unit_test(determinism),
         cmocka_unit_test(bad_config),
     };

@@ -2,10 +2,10 @@
  * tools/memvirt-sim.c - run real guest-memory images on the simulator.
  *
  *   memvirt-sim --image FILE --cr3 HEX [--image FILE --cr3 HEX ...] [--verify]
- *               [--paging hap|shadow] [--maxphyaddr N] [--gbpages] [--host-memory SIZE]
+ *               [--paging shadow|hap] [--maxphyaddr N] [--gbpages] [--host-memory SIZE]
  *               [--format text|json|csv] [-o FILE]
  *   memvirt-sim --workload NAME [--domains N] [--vcpus N] [--seed S] [--steps N]
- *               [--mode pv|hvm [--paging hap]] [--no-check] [--threads]
+ *               [--mode pv|hvm [--paging shadow|hap]] [--no-check] [--threads]
  *               [--format text|json|csv] [-o FILE]
  *
  * A workload runs the guest OS model (sim/guest.c) on N domains of N vCPUs each, with the
@@ -37,6 +37,7 @@ struct image_arg {
     bool has_cr3;
     struct mv_sim_image *img;
     uint64_t verified, mismatches;
+    struct mv_shadow_stats sh; /* shadow paging: after the import (and --verify) */
 };
 
 struct options {
@@ -67,7 +68,7 @@ static void usage(FILE *f)
             "  --image FILE          a memory dump (file offset == guest-physical address)\n"
             "  --cr3 HEX             the CR3 the next image was taken with (low 12 bits and\n"
             "                        bit 63 ignored); each --image takes the next --cr3\n"
-            "  --paging hap|shadow   paging mode of the HVM guests (default hap)\n"
+            "  --paging shadow|hap   paging mode of the HVM guests (default shadow)\n"
             "  --maxphyaddr N        guest physical-address width, 32..52 (default 40)\n"
             "  --gbpages             offer 1 GiB pages to the guests\n"
             "  --host-memory SIZE    machine memory, a number with K, M or G\n"
@@ -83,7 +84,8 @@ static void usage(FILE *f)
             "  --vcpus N             vCPUs per domain (default 2)\n"
             "  --seed S              seed (default 1)\n"
             "  --steps N             guest steps over all vCPUs (default 20000)\n"
-            "  --mode pv|hvm         guest type (default pv); --paging hap only with hvm\n"
+            "  --mode pv|hvm         guest type (default pv); with hvm, --paging shadow\n"
+            "                        (the default) or hap\n"
             "  --no-check            skip the oracle at every invalidation\n"
             "  --threads             one thread per vCPU (a stress run); shootdowns wait only\n"
             "                        for vCPUs running guest code. Not deterministic: the\n"
@@ -281,8 +283,6 @@ static int parse(int argc, char **argv, struct options *o)
             return usage_error("%s", "--workload does not go with --image, --verify or --gbpages");
         if (o->paging_given && (!o->mode || strcmp(o->mode, "hvm")))
             return usage_error("%s", "--paging needs --mode hvm");
-        if (o->paging_given && strcmp(o->paging, "hap"))
-            return usage_error("--paging %s: workloads run with hap only", o->paging);
         return 0;
     }
     if (o->mode || o->domains || o->vcpus || o->seed || o->steps || o->no_check || o->threads)
@@ -344,6 +344,41 @@ static void csv_field(FILE *f, const char *s)
     fputc('"', f);
 }
 
+static const char *paging_of(const struct options *o)
+{
+    return o->mode && !strcmp(o->mode, "hvm") ? o->paging : "pv";
+}
+
+/* The shadow module's figures of one domain, as a JSON object. */
+static void json_shadow(FILE *f, const struct mv_shadow_stats *sh)
+{
+    static const char *const kinds[MV_SHADOW_NR_KINDS] = {"fixed", "inject", "emulate", "mmio",
+                                                          "denied"};
+    fprintf(f, "{\"faults\": {");
+    for (unsigned k = 0; k < MV_SHADOW_NR_KINDS; k++)
+        fprintf(f, "%s\"%s\": %llu", k ? ", " : "", kinds[k], (unsigned long long)sh->faults[k]);
+    fprintf(f, "}, \"emulated_writes\": %llu, \"evictions\": %llu, \"zapped\": %llu, "
+               "\"in_use\": {\"l4\": %llu, \"l3\": %llu, \"l2\": %llu, \"l1\": %llu, "
+               "\"fl1\": %llu, \"fl2\": %llu}, \"pool_frames\": %llu, \"budget\": %llu}",
+            (unsigned long long)sh->emulated_writes, (unsigned long long)sh->evictions,
+            (unsigned long long)sh->zapped, (unsigned long long)sh->shadows[4],
+            (unsigned long long)sh->shadows[3], (unsigned long long)sh->shadows[2],
+            (unsigned long long)sh->shadows[1], (unsigned long long)sh->shadows[5],
+            (unsigned long long)sh->shadows[6], (unsigned long long)sh->pool_frames,
+            (unsigned long long)sh->budget);
+}
+
+static void text_shadow(FILE *f, const struct mv_shadow_stats *sh)
+{
+    fprintf(f, "  shadow      faults fixed=%llu inject=%llu emulate=%llu mmio=%llu denied=%llu; "
+               "%llu emulated writes, %llu evictions, %llu zapped; %llu of %llu pool frames\n",
+            (unsigned long long)sh->faults[0], (unsigned long long)sh->faults[1],
+            (unsigned long long)sh->faults[2], (unsigned long long)sh->faults[3],
+            (unsigned long long)sh->faults[4], (unsigned long long)sh->emulated_writes,
+            (unsigned long long)sh->evictions, (unsigned long long)sh->zapped,
+            (unsigned long long)sh->pool_frames, (unsigned long long)sh->budget);
+}
+
 static void report(FILE *f, const struct options *o, uint64_t audit_violations)
 {
     const char *fmt = o->format ? o->format : "text";
@@ -373,9 +408,14 @@ static void report(FILE *f, const struct options *o, uint64_t audit_violations)
                     (unsigned long long)st->leaves[2], (unsigned long long)st->pages4k,
                     (unsigned long long)a->verified);
             if (o->verify)
-                fprintf(f, "%llu}", (unsigned long long)a->mismatches);
+                fprintf(f, "%llu", (unsigned long long)a->mismatches);
             else
-                fprintf(f, "null}");
+                fprintf(f, "null");
+            if (a->sh.size) {
+                fprintf(f, ",\n   \"shadow\": ");
+                json_shadow(f, &a->sh);
+            }
+            fprintf(f, "}");
         }
         fprintf(f, "\n ],\n \"audit_violations\": %llu}\n", (unsigned long long)audit_violations);
         return;
@@ -421,6 +461,8 @@ static void report(FILE *f, const struct options *o, uint64_t audit_violations)
                     (unsigned long long)a->verified, (unsigned long long)a->mismatches);
         else
             fprintf(f, "  verified  no (use --verify)\n");
+        if (a->sh.size)
+            text_shadow(f, &a->sh);
     }
     fprintf(f, "\naudit: %s\n", audit_violations ? "VIOLATIONS" : "clean");
 }
@@ -431,6 +473,7 @@ struct dom_report {
     struct mv_sim_guest_stats g;
     struct mv_sim_vcpu_stats v; /* summed over the vCPUs */
     struct mv_domain_stats d;
+    struct mv_shadow_stats sh;  /* shadow paging only (sh.size 0 otherwise) */
     uint64_t oom;
 };
 
@@ -450,18 +493,25 @@ static void workload_report(FILE *f, const struct options *o, const struct dom_r
         for (unsigned k = 0; k < MV_SIM_GOP_NR; k++)
             ops += dr[i].g.ops[k];
     if (!strcmp(fmt, "csv")) {
-        fprintf(f, "domain,mode,workload,ops,faults_demand,faults_cow,faults_segv,pages,"
-                   "page_tables,checks,mismatches,ept_violations,audit\n");
-        for (uint32_t i = 0; i < o->domains; i++)
-            fprintf(f, "%u,%s,%s,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%s\n", i + 1,
-                    o->mode, o->workload, (unsigned long long)ops,
+        fprintf(f, "domain,mode,paging,workload,ops,faults_demand,faults_cow,faults_segv,pages,"
+                   "page_tables,checks,mismatches,ept_violations,shadow_faults,"
+                   "emulated_writes,shadow_evictions,audit\n");
+        for (uint32_t i = 0; i < o->domains; i++) {
+            uint64_t shf = 0;
+            for (unsigned k = 0; k < MV_SHADOW_NR_KINDS; k++)
+                shf += dr[i].sh.faults[k];
+            fprintf(f, "%u,%s,%s,%s,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,"
+                       "%s\n", i + 1, o->mode, paging_of(o), o->workload, (unsigned long long)ops,
                     (unsigned long long)dr[i].g.faults[MV_SIM_GF_DEMAND],
                     (unsigned long long)dr[i].g.faults[MV_SIM_GF_COW],
                     (unsigned long long)dr[i].g.faults[MV_SIM_GF_SEGV],
                     (unsigned long long)(dr[i].g.pages_total - dr[i].g.pages_free),
                     (unsigned long long)dr[i].g.page_tables, (unsigned long long)dr[i].g.checks,
                     (unsigned long long)dr[i].g.mismatches,
-                    (unsigned long long)dr[i].v.ept_violations, violations ? "violations" : "clean");
+                    (unsigned long long)dr[i].v.ept_violations, (unsigned long long)shf,
+                    (unsigned long long)dr[i].sh.emulated_writes,
+                    (unsigned long long)dr[i].sh.evictions, violations ? "violations" : "clean");
+        }
         return;
     }
     if (!strcmp(fmt, "json")) {
@@ -470,7 +520,7 @@ static void workload_report(FILE *f, const struct options *o, const struct dom_r
         fprintf(f, " \"config\": {\"workload\": \"%s\", \"mode\": \"%s\", \"paging\": \"%s\", "
                    "\"domains\": %u, \"vcpus\": %u, \"seed\": %llu, \"steps\": %llu, "
                    "\"check\": %s},\n",
-                o->workload, o->mode, strcmp(o->mode, "hvm") ? "pv" : "hap", o->domains,
+                o->workload, o->mode, paging_of(o), o->domains,
                 o->vcpus, (unsigned long long)o->seed, (unsigned long long)o->steps,
                 o->no_check ? "false" : "true");
         fprintf(f, " \"domains\": [");
@@ -503,6 +553,11 @@ static void workload_report(FILE *f, const struct options *o, const struct dom_r
             fprintf(f, "   \"tlb\": {\"accesses\": %llu, \"hits\": %llu, \"walks\": %llu},\n",
                     (unsigned long long)d->v.accesses, (unsigned long long)d->v.tlb_hits,
                     (unsigned long long)d->v.walks);
+            if (d->sh.size) {
+                fprintf(f, "   \"shadow\": ");
+                json_shadow(f, &d->sh);
+                fprintf(f, ",\n");
+            }
             fprintf(f, "   \"audit\": \"%s\", \"errors\": %llu}", violations ? "violations" : "clean",
                     (unsigned long long)d->g.errors);
         }
@@ -512,7 +567,7 @@ static void workload_report(FILE *f, const struct options *o, const struct dom_r
         return;
     }
     fprintf(f, "workload %s: %u domain(s) x %u vCPU(s), %s, seed %llu, %llu steps%s\n",
-            o->workload, o->domains, o->vcpus, strcmp(o->mode, "hvm") ? "pv" : "hvm/hap",
+            o->workload, o->domains, o->vcpus, strcmp(o->mode, "hvm") ? "pv" : o->paging,
             (unsigned long long)o->seed, (unsigned long long)o->steps,
             o->threads ? ", threaded (not deterministic)" : "");
     for (uint32_t i = 0; i < o->domains; i++) {
@@ -535,6 +590,8 @@ static void workload_report(FILE *f, const struct options *o, const struct dom_r
                    "errors\n",
                 (unsigned long long)d->g.checks, (unsigned long long)d->g.mismatches,
                 (unsigned long long)d->g.tlb_violations, (unsigned long long)d->g.content_errors);
+        if (d->sh.size)
+            text_shadow(f, &d->sh);
     }
     fprintf(f, "\nresult: %s; audit: %s; %.3f s, %.0f guest ops/s\n",
             run_rc ? mv_strerror(run_rc) : "ok", violations ? "VIOLATIONS" : "clean", secs,
@@ -568,7 +625,7 @@ static int run_workload(struct options *o, FILE *out)
     struct mv_sim_run_config rcfg = {.size = sizeof(rcfg), .workload = o->workload,
                                      .domains = o->domains, .vcpus = o->vcpus, .seed = o->seed,
                                      .hvm = !strcmp(o->mode, "hvm"), .check = !o->no_check,
-                                     .threaded = o->threads};
+                                     .threaded = o->threads, .hap = !strcmp(o->paging, "hap")};
     mv_sim_run_t *r = NULL;
     if ((rc = mv_sim_run_create(s, &rcfg, &r))) {
         fprintf(stderr, "memvirt-sim: cannot create the domains: %s\n", mv_strerror(rc));
@@ -592,6 +649,11 @@ static int run_workload(struct options *o, FILE *out)
         dr[i].d.size = sizeof(dr[i].d);
         mv_domain_stats(d, &dr[i].d);
         dr[i].oom = mv_sim_run_oom(r, i);
+        if (dr[i].d.paging == MV_PAGING_SHADOW) {
+            dr[i].sh.size = sizeof(dr[i].sh);
+            if (mv_shadow_stats(d, &dr[i].sh))
+                dr[i].sh.size = 0;
+        }
         for (uint32_t v = 0; v < o->vcpus; v++) {
             struct mv_sim_vcpu_stats vs;
             mv_sim_vcpu_stats(mv_sim_vcpu(s, d, v), &vs);
@@ -621,7 +683,7 @@ static int run_workload(struct options *o, FILE *out)
 
 int main(int argc, char **argv)
 {
-    struct options o = {.paging = "hap", .maxphyaddr = 40};
+    struct options o = {.paging = "shadow", .maxphyaddr = 40};
     int rc = parse(argc, argv, &o);
     if (rc)
         return rc;
@@ -637,10 +699,6 @@ int main(int argc, char **argv)
         if (wout == stdout && fflush(stdout) != 0)
             return 2;
         return st;
-    }
-    if (!strcmp(o.paging, "shadow")) {
-        fprintf(stderr, "memvirt-sim: --paging shadow: shadow paging is not available yet\n");
-        return 2;
     }
     char err[512];
     if (!o.host_memory) {
@@ -679,7 +737,9 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < o.nr && !status; i++) {
         struct mv_sim_image_config ic = {.size = sizeof(ic), .path = o.im[i].path,
                                          .cr3 = o.im[i].cr3, .domid = i + 1,
-                                         .paging = MV_PAGING_HAP, .phys_bits = o.maxphyaddr,
+                                         .paging = strcmp(o.paging, "hap") ? MV_PAGING_SHADOW
+                                                                           : MV_PAGING_HAP,
+                                         .phys_bits = o.maxphyaddr,
                                          .gbpages = o.gbpages};
         if (tty)
             fprintf(stderr, "memvirt-sim: importing %s\n", o.im[i].path);
@@ -700,6 +760,13 @@ int main(int argc, char **argv)
         }
         if (o.im[i].mismatches)
             status = 1;
+    }
+    for (unsigned i = 0; i < o.nr && status != 2; i++) {
+        if (!o.im[i].img)
+            continue;
+        o.im[i].sh.size = sizeof(o.im[i].sh);
+        if (mv_shadow_stats(o.im[i].img->d, &o.im[i].sh))
+            o.im[i].sh.size = 0; /* not a shadow domain */
     }
     uint64_t violations = 0;
     if (status != 2) {

@@ -41,6 +41,8 @@ enum mv_shadow_kind {
     MV_SHADOW_INJECT = 1,  /* the guest's own tables refuse it: inject #PF with error_code */
     MV_SHADOW_EMULATE = 2, /* emulate the instruction; send its write to mv_shadow_emulate_write */
     MV_SHADOW_MMIO = 3,    /* the address is not RAM: emulate a device access at gpa */
+    MV_SHADOW_DENIED = 4,  /* the p2m refuses the access (ram_ro written, access mask) */
+    MV_SHADOW_NR_KINDS = 5
 };
 
 struct mv_shadow_outcome {
@@ -70,8 +72,8 @@ MV_API int mv_shadow_page_fault(mv_vcpu_t *v, uint64_t gva, uint32_t error_code,
  * The write of an emulated instruction: `len` bytes (1..4096) at gpa, inside one page (a
  * page-crossing write is the caller's to split: MV_EINVAL). The target frame is held
  * across the write; every entry it touches is revalidated in every shadow of the frame.
- * MV_EFAULT no RAM there (or removed meanwhile), MV_EACCES ram_ro, MV_EOPNOTSUPP
- * ram_shared, MV_EINVAL bad arguments.
+ * MV_EFAULT no RAM there (or removed meanwhile), MV_EACCES ram_ro or a p2m access mask
+ * without write, MV_EOPNOTSUPP ram_shared, MV_EINVAL bad arguments.
  */
 MV_API int mv_shadow_emulate_write(mv_vcpu_t *v, mv_paddr_t gpa, const void *bytes, size_t len);
 /*
@@ -110,7 +112,7 @@ struct mv_shadow_stats {
     uint64_t budget;           /* pool frames allowed */
     uint64_t pool_frames;      /* frames the pool holds (in use, free, in vCPU caches) */
     uint64_t shadows[7];       /* in use by type: [1..4] L1..L4, [5] 2 MiB splinters, [6] 1 GiB */
-    uint64_t faults[4];        /* by enum mv_shadow_kind */
+    uint64_t faults[MV_SHADOW_NR_KINDS]; /* by enum mv_shadow_kind */
     uint64_t emulated_writes;
     uint64_t evictions;
     uint64_t zapped;           /* leaves removed by p2m changes and INVLPG */
