@@ -217,6 +217,10 @@ struct mv_module_ops {
     void (*domain_free)(mv_domain_t *d);
     void (*recount)(mv_host_t *h, struct mv_audit_ctx *ac);
     void (*audit)(mv_host_t *h, struct mv_audit_ctx *ac);
+    /* The engine wrote [off, off + len) of gfn for a caller (mv_guest_phys_write), outside
+     * the guest's own trapped paths: a module that derives state from guest memory
+     * (shadows of guest page tables) brings it up to date. No lock held. */
+    void (*phys_wrote)(mv_domain_t *d, mv_gfn_t gfn, unsigned off, size_t len);
 };
 
 struct mv_slot_epoch {

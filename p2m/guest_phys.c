@@ -7,7 +7,9 @@
  * (which needs the p2m's reference to be the only one) cannot free it under the copy
  * (XSA-219 class). Writes go through the write-fault path for log-dirty pages, which marks
  * them; ram_ro and ram_shared pages refuse writes, and so does a frame in use as a page
- * table (MV_EBUSY: a PV guest's tables change only through validated updates).
+ * table (MV_EBUSY: a PV guest's tables change only through validated updates). An HVM
+ * guest's page tables may be written: the modules are told (phys_wrote), so shadows of
+ * them are revalidated like an emulated write's.
  */
 #include <string.h>
 
@@ -73,6 +75,9 @@ static int copy(mv_domain_t *d, mv_paddr_t gpa, void *rbuf, const void *wbuf, si
         /* A peek-and-clean may have run between the fault and the copy: mark again. */
         if (write && (rc = mv__p2m_engine_wrote(d, g, 1)))
             return rc;
+        for (unsigned m = 0; write && m < MV_MOD_NR; m++)
+            if (d->h->modules[m] && d->h->modules[m]->phys_wrote)
+                d->h->modules[m]->phys_wrote(d, g, (unsigned)in_page, n);
         off += n;
     }
     return 0;

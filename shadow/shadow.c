@@ -198,6 +198,8 @@ static int sh_domain_teardown(mv_domain_t *d)
     return 0;
 }
 
+static void sh_phys_wrote(mv_domain_t *d, mv_gfn_t gfn, unsigned off, size_t len);
+
 const struct mv_module_ops mv__shadow_module = {
     .name = "shadow",
     .domain_init = sh_domain_init,
@@ -205,6 +207,7 @@ const struct mv_module_ops mv__shadow_module = {
     .domain_free = sh_domain_free,
     .recount = NULL, /* shadow entries hold no references */
     .audit = mv__sh_audit,
+    .phys_wrote = sh_phys_wrote,
 };
 
 /* ---- Argument checks ------------------------------------------------------------------- */
@@ -526,6 +529,28 @@ static int emulate(mv_vcpu_t *v, mv_paddr_t gpa, const void *bytes, size_t len, 
     if (!rc)
         rc = mv__p2m_engine_wrote(d, gfn, 1);
     return rc;
+}
+
+/*
+ * A write by the engine for a caller (mv_guest_phys_write): the entries it touched are
+ * revalidated in every shadow of the frame, with vCPU 0's paging controls (NXE, 1 GiB
+ * pages), as after an emulated write.
+ */
+static void sh_phys_wrote(mv_domain_t *d, mv_gfn_t gfn, unsigned off, size_t len)
+{
+    struct sh_domain *s = sh_of(d);
+    if (!s || !len || off + len > MV_PAGE_SIZE)
+        return;
+    mv_spin_lock(&s->lock);
+    struct mv_p2m_entry pe;
+    if (s->any_used && mv__sh_gfn_is_table(s, gfn) && !mv_p2m_lookup(d, gfn, &pe) &&
+        p2m_is_ram(pe.type)) {
+        const uint64_t *page = (const uint64_t *)mv__mfn_va(d->h, pe.mfn);
+        if (revalidate(s, gfn, page, off / 8, (off + (unsigned)len - 1) / 8,
+                       nxe_of(d->vcpu[0]), gb_of(d->vcpu[0])))
+            mv__sh_flush_all(s);
+    }
+    mv_spin_unlock(&s->lock);
 }
 
 MV_API int mv_shadow_emulate_write(mv_vcpu_t *v, mv_paddr_t gpa, const void *bytes, size_t len)

@@ -188,6 +188,33 @@ static void test_fault_builds_leaf(void **state)
     kill_dom(d);
 }
 
+/* The engine's own writes to guest memory (mv_guest_phys_write) keep shadows exact too. */
+static void test_phys_write_revalidates(void **state)
+{
+    (void)state;
+    mv_domain_t *d = make_dom(10);
+    build_tree(d);
+    mv_vcpu_t *v = mv_domain_vcpu(d, 0);
+    mv_paddr_t root;
+    assert_int_equal(mv_shadow_set_cr3(v, G_L4 << 12, &root), 0);
+    for (unsigned i = 0; i < 4; i++)
+        assert_int_equal(fault(v, VA_BASE + i * 4096ull, MV_PFEC_U, 0, NULL), MV_SHADOW_FIXED);
+    assert_true(swalk(root, VA_BASE + 4096).present);
+    /* One entry cleared, one moved to another frame, written as 16 bytes at once. */
+    uint64_t two[2] = {0, (40ull << 12) | PTE_P | PTE_W | PTE_U | PTE_A};
+    assert_int_equal(mv_guest_phys_write(d, (G_L1 << 12) + 8, two, sizeof(two)), 0);
+    assert_false(swalk(root, VA_BASE + 4096).present);
+    struct sw r = swalk(root, VA_BASE + 2 * 4096);
+    assert_true(!r.present || r.mfn == mfn_of(d, 40));
+    assert_int_equal(fault(v, VA_BASE + 2 * 4096ull, MV_PFEC_U, 0, NULL), MV_SHADOW_FIXED);
+    assert_int_equal(swalk(root, VA_BASE + 2 * 4096).mfn, mfn_of(d, 40));
+    assert_int_equal(fault(v, VA_BASE + 4096, MV_PFEC_U, 0, NULL), MV_SHADOW_INJECT);
+    /* An upper entry removed the same way takes the whole subtree out of the shadow. */
+    gput(d, G_L2, 2, 0);
+    assert_false(swalk(root, VA_BASE).present);
+    kill_dom(d);
+}
+
 static void test_error_codes(void **state)
 {
     (void)state;
@@ -530,6 +557,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fault_builds_leaf),
+        cmocka_unit_test(test_phys_write_revalidates),
         cmocka_unit_test(test_error_codes),
         cmocka_unit_test(test_superpages),
         cmocka_unit_test(test_emulated_pte_writes),
