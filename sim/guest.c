@@ -992,7 +992,9 @@ int mv_sim_guest_create(mv_sim_t *s, const struct mv_sim_guest_config *cfg,
                                   .paging = !cfg->hvm ? MV_PAGING_PV
                                             : cfg->hap ? MV_PAGING_HAP : MV_PAGING_SHADOW,
                                   .nr_vcpus = cfg->nr_vcpus, .max_pages = g->pages,
-                                  .node_affinity = MV_NODE_ANY};
+                                  .node_affinity = MV_NODE_ANY,
+                                  .shadow_pool_pages = cfg->hvm && !cfg->hap
+                                                           ? cfg->shadow_pool_pages : 0};
     if ((rc = mv_domain_create(mv_sim_host(s), &dc, &g->d)))
         goto fail;
     for (mv_gfn_t gf = 0; gf < g->pages && !rc; gf += 512) {

@@ -430,7 +430,9 @@ int mv_sim_image_import(mv_sim_t *s, const struct mv_sim_image_config *cfg,
     struct mv_domain_config dc = {.size = sizeof(dc), .domid = cfg->domid,
                                   .type = MV_DOMAIN_HVM, .paging = paging,
                                   .nr_vcpus = 1, .max_pages = img->pages,
-                                  .node_affinity = MV_NODE_ANY, .phys_bits = bits};
+                                  .node_affinity = MV_NODE_ANY, .phys_bits = bits,
+                                  .shadow_pool_pages = paging == MV_PAGING_SHADOW
+                                                           ? cfg->shadow_pool_pages : 0};
     if (!img->va) {
         rc = MV_ENOMEM;
         seterr(err, errlen, "out of memory");

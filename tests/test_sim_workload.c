@@ -11,6 +11,9 @@
 
 #define STEPS 3000u
 
+/* The shadow pool's budget of the runs (0: the engine's default). */
+static uint64_t pool_pages;
+
 static void run(const char *name, uint32_t paging, uint64_t seed, struct mv_sim_guest_stats out[2])
 {
     mv_sim_t *s;
@@ -18,7 +21,8 @@ static void run(const char *name, uint32_t paging, uint64_t seed, struct mv_sim_
     assert_int_equal(mv_sim_create(&c, &s), 0);
     struct mv_sim_run_config rc = {.size = sizeof(rc), .workload = name, .domains = 2,
                                    .vcpus = 2, .seed = seed, .hvm = paging != MV_PAGING_PV,
-                                   .hap = paging == MV_PAGING_HAP, .check = true};
+                                   .hap = paging == MV_PAGING_HAP, .check = true,
+                                   .shadow_pool_pages = pool_pages};
     mv_sim_run_t *r;
     assert_int_equal(mv_sim_run_create(s, &rc, &r), 0);
     int e = mv_sim_run_steps(r, STEPS);
@@ -89,6 +93,48 @@ static void presets_shadow(void **state)
     presets(MV_PAGING_SHADOW);
 }
 
+/* The pool at its floor (two vCPUs): shadows are evicted and rebuilt all the time. */
+static void presets_shadow_floor(void **state)
+{
+    (void)state;
+    pool_pages = 2 * MV_SHADOW_FLOOR_PER_VCPU;
+    uint64_t evictions = 0;
+    for (unsigned i = 0; mv_sim_workload_name(i); i++) {
+        mv_sim_t *s;
+        struct mv_sim_config c = {.size = sizeof(c), .mem_bytes = 256 * TH_MiB};
+        assert_int_equal(mv_sim_create(&c, &s), 0);
+        struct mv_sim_run_config rc = {.size = sizeof(rc), .workload = mv_sim_workload_name(i),
+                                       .domains = 1, .vcpus = 2, .seed = 5, .hvm = true,
+                                       .check = true, .shadow_pool_pages = pool_pages};
+        mv_sim_run_t *r;
+        assert_int_equal(mv_sim_run_create(s, &rc, &r), 0);
+        int e = mv_sim_run_steps(r, STEPS);
+        if (e)
+            fail_msg("%s at the floor: %s", rc.workload, mv_strerror(e));
+        struct mv_sim_guest_stats st;
+        mv_sim_guest_stats(mv_sim_run_guest(r, 0), &st);
+        if (st.mismatches || st.tlb_violations || st.content_errors || st.errors)
+            fail_msg("%s at the floor: mismatches %llu tlb %llu content %llu errors %llu (%d)",
+                     rc.workload, (unsigned long long)st.mismatches,
+                     (unsigned long long)st.tlb_violations,
+                     (unsigned long long)st.content_errors, (unsigned long long)st.errors,
+                     st.last_error);
+        struct mv_shadow_stats ss = {.size = sizeof(ss)};
+        assert_int_equal(mv_shadow_stats(mv_sim_guest_domain(mv_sim_run_guest(r, 0)), &ss), 0);
+        assert_int_equal(ss.budget, pool_pages);
+        assert_true(ss.pool_frames <= pool_pages);
+        evictions += ss.evictions;
+        th_assert_audit_clean(mv_sim_host(s));
+        mv_sim_run_destroy(r);
+        th_assert_audit_clean(mv_sim_host(s));
+        mv_sim_destroy(s);
+    }
+    print_message("pool at the floor (%llu frames): %llu evictions over the presets\n",
+                  (unsigned long long)pool_pages, (unsigned long long)evictions);
+    assert_true(evictions > 100);
+    pool_pages = 0;
+}
+
 static void determinism(void **state)
 {
     (void)state;
@@ -125,6 +171,7 @@ int main(void)
         cmocka_unit_test(presets_pv),
         cmocka_unit_test(presets_hap),
         cmocka_unit_test(presets_shadow),
+        cmocka_unit_test(presets_shadow_floor),
         cmocka_unit_test(determinism),
         cmocka_unit_test(bad_config),
     };

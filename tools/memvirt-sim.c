@@ -2,10 +2,11 @@
  * tools/memvirt-sim.c - run real guest-memory images on the simulator.
  *
  *   memvirt-sim --image FILE --cr3 HEX [--image FILE --cr3 HEX ...] [--verify]
- *               [--paging shadow|hap] [--maxphyaddr N] [--gbpages] [--host-memory SIZE]
+ *               [--paging shadow|hap] [--shadow-pool N] [--maxphyaddr N] [--gbpages]
+ *               [--host-memory SIZE]
  *               [--format text|json|csv] [-o FILE]
  *   memvirt-sim --workload NAME [--domains N] [--vcpus N] [--seed S] [--steps N]
- *               [--mode pv|hvm [--paging shadow|hap]] [--no-check] [--threads]
+ *               [--mode pv|hvm [--paging shadow|hap] [--shadow-pool N]] [--no-check] [--threads]
  *               [--format text|json|csv] [-o FILE]
  *
  * A workload runs the guest OS model (sim/guest.c) on N domains of N vCPUs each, with the
@@ -45,6 +46,7 @@ struct options {
     unsigned nr;
     const char *paging;
     unsigned maxphyaddr;
+    uint64_t shadow_pool; /* --shadow-pool: frames per domain, 0: the engine's default */
     uint64_t host_memory;
     bool gbpages, verify;
     const char *format;
@@ -69,6 +71,8 @@ static void usage(FILE *f)
             "  --cr3 HEX             the CR3 the next image was taken with (low 12 bits and\n"
             "                        bit 63 ignored); each --image takes the next --cr3\n"
             "  --paging shadow|hap   paging mode of the HVM guests (default shadow)\n"
+            "  --shadow-pool N       shadow paging: each domain's shadow pool in frames\n"
+            "                        (at least 16 per vCPU; default 256 + 16 per vCPU)\n"
             "  --maxphyaddr N        guest physical-address width, 32..52 (default 40)\n"
             "  --gbpages             offer 1 GiB pages to the guests\n"
             "  --host-memory SIZE    machine memory, a number with K, M or G\n"
@@ -142,7 +146,7 @@ static bool parse_hex(const char *s, uint64_t *out)
 
 enum { OPT_IMAGE = 256, OPT_CR3, OPT_PAGING, OPT_MAXPHY, OPT_HOSTMEM, OPT_VERIFY, OPT_FORMAT,
        OPT_GBPAGES, OPT_WORKLOAD, OPT_DOMAINS, OPT_VCPUS, OPT_SEED, OPT_STEPS, OPT_MODE,
-       OPT_NOCHECK, OPT_THREADS };
+       OPT_NOCHECK, OPT_THREADS, OPT_SHPOOL };
 
 static bool parse_num(const char *s, uint64_t *out)
 {
@@ -173,6 +177,7 @@ static int parse(int argc, char **argv, struct options *o)
         {"mode", required_argument, NULL, OPT_MODE},
         {"no-check", no_argument, NULL, OPT_NOCHECK},
         {"threads", no_argument, NULL, OPT_THREADS},
+        {"shadow-pool", required_argument, NULL, OPT_SHPOOL},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -238,6 +243,15 @@ static int parse(int argc, char **argv, struct options *o)
         case OPT_NOCHECK:
             o->no_check = true;
             break;
+        case OPT_SHPOOL: {
+            char *end;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (*end || !*optarg || v < 16 || v > MV_SHADOW_POOL_MAX)
+                return usage_error("--shadow-pool: '%s' is not a frame count from 16 to 4194304",
+                                   optarg);
+            o->shadow_pool = v;
+            break;
+        }
         case OPT_MAXPHY: {
             char *end;
             unsigned long v = strtoul(optarg, &end, 10);
@@ -625,7 +639,8 @@ static int run_workload(struct options *o, FILE *out)
     struct mv_sim_run_config rcfg = {.size = sizeof(rcfg), .workload = o->workload,
                                      .domains = o->domains, .vcpus = o->vcpus, .seed = o->seed,
                                      .hvm = !strcmp(o->mode, "hvm"), .check = !o->no_check,
-                                     .threaded = o->threads, .hap = !strcmp(o->paging, "hap")};
+                                     .threaded = o->threads, .hap = !strcmp(o->paging, "hap"),
+                                     .shadow_pool_pages = o->shadow_pool};
     mv_sim_run_t *r = NULL;
     if ((rc = mv_sim_run_create(s, &rcfg, &r))) {
         fprintf(stderr, "memvirt-sim: cannot create the domains: %s\n", mv_strerror(rc));
@@ -740,6 +755,7 @@ int main(int argc, char **argv)
                                          .paging = strcmp(o.paging, "hap") ? MV_PAGING_SHADOW
                                                                            : MV_PAGING_HAP,
                                          .phys_bits = o.maxphyaddr,
+                                         .shadow_pool_pages = o.shadow_pool,
                                          .gbpages = o.gbpages};
         if (tty)
             fprintf(stderr, "memvirt-sim: importing %s\n", o.im[i].path);
