@@ -382,15 +382,18 @@ static void json_shadow(FILE *f, const struct mv_shadow_stats *sh)
             (unsigned long long)sh->budget);
 }
 
-static void text_shadow(FILE *f, const struct mv_shadow_stats *sh)
+/* The same as text, two lines; `w` is the width of the report's labels. */
+static void text_shadow(FILE *f, int w, const struct mv_shadow_stats *sh)
 {
-    fprintf(f, "  shadow      faults fixed=%llu inject=%llu emulate=%llu mmio=%llu denied=%llu; "
-               "%llu emulated writes, %llu evictions, %llu zapped; %llu of %llu pool frames\n",
-            (unsigned long long)sh->faults[0], (unsigned long long)sh->faults[1],
+    fprintf(f, "  %-*sfaults: %llu fixed, %llu injected, %llu emulate, %llu mmio, %llu denied\n",
+            w, "shadow", (unsigned long long)sh->faults[0], (unsigned long long)sh->faults[1],
             (unsigned long long)sh->faults[2], (unsigned long long)sh->faults[3],
-            (unsigned long long)sh->faults[4], (unsigned long long)sh->emulated_writes,
-            (unsigned long long)sh->evictions, (unsigned long long)sh->zapped,
-            (unsigned long long)sh->pool_frames, (unsigned long long)sh->budget);
+            (unsigned long long)sh->faults[4]);
+    fprintf(f, "  %-*s%llu emulated writes, %llu evictions, %llu leaves zapped; pool %llu of "
+               "%llu frames\n",
+            w, "", (unsigned long long)sh->emulated_writes, (unsigned long long)sh->evictions,
+            (unsigned long long)sh->zapped, (unsigned long long)sh->pool_frames,
+            (unsigned long long)sh->budget);
 }
 
 static void report(FILE *f, const struct options *o, uint64_t audit_violations)
@@ -476,7 +479,7 @@ static void report(FILE *f, const struct options *o, uint64_t audit_violations)
         else
             fprintf(f, "  verified  no (use --verify)\n");
         if (a->sh.size)
-            text_shadow(f, &a->sh);
+            text_shadow(f, 10, &a->sh);
     }
     fprintf(f, "\naudit: %s\n", audit_violations ? "VIOLATIONS" : "clean");
 }
@@ -605,7 +608,7 @@ static void workload_report(FILE *f, const struct options *o, const struct dom_r
                 (unsigned long long)d->g.checks, (unsigned long long)d->g.mismatches,
                 (unsigned long long)d->g.tlb_violations, (unsigned long long)d->g.content_errors);
         if (d->sh.size)
-            text_shadow(f, &d->sh);
+            text_shadow(f, 12, &d->sh);
     }
     fprintf(f, "\nresult: %s; audit: %s; %.3f s, %.0f guest ops/s\n",
             run_rc ? mv_strerror(run_rc) : "ok", violations ? "VIOLATIONS" : "clean", secs,
