@@ -215,6 +215,45 @@ static void test_phys_write_revalidates(void **state)
     kill_dom(d);
 }
 
+/* Shadow frames are the engine's: no guest can map, reference or write them (XSA-248). */
+static void test_shadow_frames_unmappable(void **state)
+{
+    (void)state;
+    mv_domain_t *d = make_dom(11);
+    build_tree(d);
+    mv_vcpu_t *v = mv_domain_vcpu(d, 0);
+    mv_paddr_t root;
+    assert_int_equal(mv_shadow_set_cr3(v, G_L4 << 12, &root), 0);
+    assert_int_equal(fault(v, VA_BASE, MV_PFEC_U | MV_PFEC_W, 0, NULL), MV_SHADOW_FIXED);
+    mv_mfn_t sroot = root >> 12;
+    /* The frame and a shadow L1 below it, found with the test's walker. */
+    const uint64_t *t = mv_frame_va(h, sroot);
+    mv_mfn_t sl3 = (t[0] & X86E_ADDR) >> 12;
+    uint8_t before[4096];
+    memcpy(before, mv_frame_va(h, sroot), sizeof(before));
+    struct mv_page_info pi = {.size = sizeof(pi)};
+    assert_int_equal(mv_page_info(h, sroot, &pi), 0);
+    assert_true(pi.owner > MV_DOMID_MAX); /* the engine's */
+    mv_mfn_t frames[2] = {sroot, sl3};
+    for (unsigned i = 0; i < 2; i++) {
+        assert_int_equal(mv_page_get(d, frames[i]), MV_EPERM);
+        assert_int_equal(mv_p2m_set_entry(d, 3000, frames[i], 0, MV_P2M_RAM_RW, MV_P2M_RWX),
+                         MV_EPERM);
+    }
+    /* A guest entry naming the shadow frame's number as a gfn reaches guest RAM or nothing. */
+    gput(d, G_L1, 9, (sroot << 12) | PTE_P | PTE_W | PTE_U);
+    struct mv_shadow_outcome o;
+    assert_int_equal(mv_shadow_page_fault(v, VA_BASE + 9 * 4096, MV_PFEC_U, 0, &o), 0);
+    struct sw r = swalk(root, VA_BASE + 9 * 4096);
+    struct mv_p2m_entry pe;
+    if (mv_p2m_lookup(d, sroot, &pe) == 0 && pe.type == MV_P2M_RAM_RW)
+        assert_true(r.present && r.mfn == pe.mfn && r.mfn != sroot);
+    else
+        assert_true(!r.present && o.kind == MV_SHADOW_MMIO);
+    assert_memory_equal(before, mv_frame_va(h, sroot), 8); /* the root's entry 0 unchanged */
+    kill_dom(d);
+}
+
 static void test_error_codes(void **state)
 {
     (void)state;
@@ -558,6 +597,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fault_builds_leaf),
         cmocka_unit_test(test_phys_write_revalidates),
+        cmocka_unit_test(test_shadow_frames_unmappable),
         cmocka_unit_test(test_error_codes),
         cmocka_unit_test(test_superpages),
         cmocka_unit_test(test_emulated_pte_writes),
