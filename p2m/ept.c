@@ -14,8 +14,9 @@
 /* The next pool chunk: about a quarter of the tree's size, 1 to 512 frames. */
 static unsigned pool_order(const struct mv_p2m *p)
 {
+    uint64_t tables = atomic_load_explicit(&p->table_frames, memory_order_relaxed);
     unsigned order = 0;
-    while (order < 9 && (4ull << order) <= p->table_frames)
+    while (order < 9 && (4ull << order) <= tables)
         order++;
     return order;
 }
@@ -69,7 +70,7 @@ static mv_mfn_t take_table(struct mv_p2m *p)
     MV_ASSERT(p->nr_topup > 0);
     mv_mfn_t m = p->topup[--p->nr_topup];
     atomic_store_explicit(&mv__frame(p->d->h, m)->owner, MV_OWNER_INTERNAL, memory_order_release);
-    p->table_frames++;
+    atomic_fetch_add_explicit(&p->table_frames, 1, memory_order_relaxed);
     return m;
 }
 
@@ -122,7 +123,7 @@ static void retire_subtree(struct mv_p2m *p, mv_mfn_t table, unsigned lv)
         else
             mv__p2m_account(p, e, lv, -1);
     }
-    p->table_frames--;
+    atomic_fetch_sub_explicit(&p->table_frames, 1, memory_order_relaxed);
     atomic_fetch_sub_explicit(&p->d->overhead_pages, 1, memory_order_relaxed);
     mv__epoch_retire(p->d->h, table);
 }
@@ -211,7 +212,7 @@ static void free_tree(struct mv_p2m *p, mv_mfn_t table, unsigned lv)
     for (unsigned i = 0; lv > 0 && i < EPT_ENTRIES; i++)
         if (ept_is_table(t[i], lv))
             free_tree(p, ept_mfn(t[i]), lv - 1);
-    p->table_frames--;
+    atomic_fetch_sub_explicit(&p->table_frames, 1, memory_order_relaxed);
     atomic_fetch_sub_explicit(&p->d->overhead_pages, 1, memory_order_relaxed);
     mv__epoch_retire(p->d->h, table);
 }

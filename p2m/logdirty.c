@@ -270,7 +270,7 @@ static uint64_t collapse_tree(struct mv_p2m *p, mv_mfn_t table, unsigned lv)
             mv__p2m_account(p, l1[j], 0, -1);
         ept_write(&t[i], leaf);
         mv__p2m_account(p, leaf, 1, +1);
-        p->table_frames--;
+        atomic_fetch_sub_explicit(&p->table_frames, 1, memory_order_relaxed);
         atomic_fetch_sub_explicit(&p->d->overhead_pages, 1, memory_order_relaxed);
         mv__epoch_retire(p->d->h, ept_mfn(e));
         n++;

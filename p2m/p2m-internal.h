@@ -143,7 +143,7 @@ struct mv_p2m {
     /* Statistics (under lock). */
     uint64_t leaves[3];
     uint64_t pages_by_type[MV_P2M_NR_TYPES];
-    uint64_t table_frames;
+    _Atomic uint64_t table_frames; /* changed under the lock; topup reads it without */
     uint64_t splinters;
     uint64_t populated;
     uint64_t decreased;

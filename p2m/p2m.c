@@ -33,7 +33,7 @@ static int p2m_domain_init(mv_domain_t *d)
         mv__meta_free(h, p, sizeof(*p));
         return rc;
     }
-    p->table_frames = 1;
+    atomic_init(&p->table_frames, 1);
     atomic_fetch_add_explicit(&d->overhead_pages, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&d->overhead_bytes, sizeof(*p), memory_order_relaxed);
     d->mod[MV_MOD_P2M] = p;
@@ -609,7 +609,7 @@ MV_API int mv_p2m_stats(const mv_domain_t *d, struct mv_p2m_stats *st)
         st->pages_by_order[i] = p->leaves[i];
     for (unsigned t = 0; t < MV_P2M_NR_TYPES; t++)
         st->pages_by_type[t] = p->pages_by_type[t];
-    st->table_frames = p->table_frames;
+    st->table_frames = atomic_load_explicit(&p->table_frames, memory_order_relaxed);
     st->splinters = p->splinters;
     st->populated = p->populated;
     st->decreased = p->decreased;

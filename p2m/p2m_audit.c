@@ -101,8 +101,9 @@ void mv__p2m_audit(mv_host_t *h, struct mv_audit_ctx *ac)
             if (ty != MV_P2M_INVALID && t.pages_by_type[ty] != p->pages_by_type[ty])
                 BAD(ac, "I9", "p2m-type-count", MV_INVALID_MFN, id, p->pages_by_type[ty],
                     t.pages_by_type[ty]);
-        if (t.tables != p->table_frames)
-            BAD(ac, "I1", "p2m-table-count", MV_INVALID_MFN, id, p->table_frames, t.tables);
+        uint64_t tf = atomic_load_explicit(&p->table_frames, memory_order_relaxed);
+        if (t.tables != tf)
+            BAD(ac, "I1", "p2m-table-count", MV_INVALID_MFN, id, tf, t.tables);
     }
     /* The other direction: a frame whose back-pointer names a gfn is mapped there. */
     for (uint32_t i = 0; i < h->nr_nodes; i++) {
