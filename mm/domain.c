@@ -87,13 +87,17 @@ static int check_config(mv_host_t *h, const struct mv_domain_config *c)
         return MV_EOPNOTSUPP; /* shadow paging is not built yet */
     if (!c->nr_vcpus || c->nr_vcpus > MV_MAX_VCPUS)
         return MV_EINVAL;
-    if (c->flags & ~MV_DOMF_LINEAR_PT)
+    if (c->flags & ~(MV_DOMF_LINEAR_PT | MV_DOMF_SHADOW_SYNC))
+        return MV_EINVAL;
+    if ((c->flags & MV_DOMF_SHADOW_SYNC) && c->paging != MV_PAGING_SHADOW)
         return MV_EINVAL;
     if ((c->flags & MV_DOMF_LINEAR_PT) && c->type != MV_DOMAIN_PV)
         return MV_EINVAL;
     if (c->phys_bits && (c->phys_bits < 32 || c->phys_bits > 52))
         return MV_EINVAL;
-    if (c->reserved0 || (c->shadow_pool_pages && c->paging != MV_PAGING_SHADOW))
+    if ((c->shadow_pool_pages || c->shadow_oos_pages) && c->paging != MV_PAGING_SHADOW)
+        return MV_EINVAL;
+    if (c->shadow_oos_pages > MV_SHADOW_OOS_MAX)
         return MV_EINVAL;
     if (c->shadow_pool_pages && (c->shadow_pool_pages < (uint64_t)MV_SHADOW_FLOOR_PER_VCPU *
                                                              c->nr_vcpus ||
@@ -131,6 +135,9 @@ MV_API int mv_domain_create(mv_host_t *h, const struct mv_domain_config *ucfg,
     d->node_affinity = cfg.node_affinity;
     d->phys_bits = cfg.phys_bits ? cfg.phys_bits : 40;
     d->shadow_pool_pages = cfg.shadow_pool_pages;
+    if (cfg.paging == MV_PAGING_SHADOW && !(cfg.flags & MV_DOMF_SHADOW_SYNC))
+        d->shadow_oos_pages = cfg.shadow_oos_pages ? cfg.shadow_oos_pages
+                                                   : MV_SHADOW_OOS_DEFAULT;
     atomic_init(&d->max_pages, cfg.max_pages);
     atomic_init(&d->overhead_bytes, domain_bytes(cfg.nr_vcpus));
     for (uint32_t i = 0; i < cfg.nr_vcpus; i++) {

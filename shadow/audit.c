@@ -3,7 +3,9 @@
  *
  * I12: a present shadow entry has a present guest entry behind it (table shadows), with no
  * more rights than the guest entry; a leaf maps the frame the p2m gives for its gfn, with
- * no more rights than the p2m type, and never writable onto a guest page-table frame;
+ * no more rights than the p2m type, and never writable onto a guest page-table frame
+ * unless that frame is tracked out of sync (its L1 is compared with the guest only once
+ * back in sync);
  * shadow frames are engine-owned. I13: the pool holds no more frames than its budget,
  * counts agree, every entry points at a live shadow, every vCPU root is live, and free
  * pool frames are zero (referenced by nothing).
@@ -27,7 +29,7 @@ static void audit_leaf(struct sh_domain *s, struct mv_audit_ctx *ac, const struc
     if ((e & X86E_RW) && (!(pe.access & MV_P2M_W) ||
                           (pe.type != MV_P2M_RAM_RW && pe.type != MV_P2M_MMIO_DIRECT)))
         BAD(ac, "I12", "shadow-rights-beyond-p2m", sp->smfn, dom, pe.type, e);
-    if ((e & X86E_RW) && mv__sh_gfn_is_table(s, gfn))
+    if ((e & X86E_RW) && mv__sh_gfn_protected(s, gfn))
         BAD(ac, "I12", "shadow-writable-page-table", sp->smfn, dom, gfn, e);
 }
 
@@ -54,8 +56,8 @@ static void audit_page(struct sh_domain *s, struct mv_audit_ctx *ac, uint32_t pi
                 s->pages[k].smfn != (e & X86E_ADDR) >> MV_PAGE_SHIFT)
                 BAD(ac, "I13", "shadow-entry-to-dead-shadow", sp->smfn, dom, k, e);
         }
-        if (!sh_type_is_table(sp->type))
-            continue;
+        if (!sh_type_is_table(sp->type) || sp->oos)
+            continue; /* an out-of-sync L1 is checked against the guest once resynced */
         uint64_t g;
         if (mv__sh_guest_entry(s->d, sp->gfn, i, &g) || !(g & X86E_P)) {
             BAD(ac, "I12", "shadow-present-guest-not", sp->smfn, dom, i, e);

@@ -143,6 +143,12 @@ uint32_t mv__sh_create(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn, un
 {
     mv__assert_held(&s->lock);
     MV_ASSERT(sv->ntop > 0);
+    /* A frame shadowed at another level is in sync first (never out of sync then). */
+    if (sh_type_is_table(type) && type != SH_L1) {
+        uint32_t l1 = mv__sh_lookup(s, gfn, SH_L1);
+        if (l1 != SH_NIL && s->pages[l1].oos)
+            mv__sh_resync_one(s, l1, mv__sh_nxe(sv->v), mv__sh_gb(sv->v), true);
+    }
     uint32_t pi = sv->top[--sv->ntop];
     struct sh_page *sp = &s->pages[pi];
     MV_ASSERT(sp->state == SLOT_TOPUP);
@@ -151,6 +157,8 @@ uint32_t mv__sh_create(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn, un
     sp->gfn = gfn;
     sp->gmfn = gmfn;
     sp->pins = 0;
+    sp->oos = 0;
+    sp->writes = sp->idle_writes = 0;
     sp->up = SH_NIL;
     atomic_store_explicit(&mv__frame(s->d->h, sp->smfn)->owner, MV_OWNER_INTERNAL,
                           memory_order_release);
@@ -170,6 +178,7 @@ void mv__sh_unshadow(struct sh_domain *s, uint32_t pi)
     mv__assert_held(&s->lock);
     struct sh_page *sp = &s->pages[pi];
     MV_ASSERT(sp->state == SLOT_USED);
+    mv__sh_oos_forget(s, pi);
     /* Every entry that points here, then every entry of ours. */
     while (sp->up != SH_NIL) {
         uint32_t r = sp->up;

@@ -63,6 +63,9 @@ struct sh_page {
     uint8_t type;            /* enum sh_type; SH_NONE: free */
     uint8_t state;           /* SLOT_* */
     uint16_t pins;           /* vCPU roots holding it */
+    uint16_t oos;            /* L1 out of sync: 1 + the vCPU whose list holds it; 0: in sync */
+    uint16_t writes;         /* emulated writes to the frame since shadowed or resynced */
+    uint16_t idle_writes;    /* ... since a walk last used this shadow */
     uint32_t hnext;          /* hash chain */
     uint32_t up;             /* first node of the parent list */
     uint32_t lru_prev, lru_next;
@@ -85,18 +88,29 @@ struct sh_domain {
     uint64_t pool_frames;
     bool any_used;
     struct mv_p2m_listener listener;
+    uint32_t oos_budget;          /* out-of-sync L1s per vCPU (0: none) */
+    uint32_t noos;                /* out of sync now, all vCPUs */
+    bool resyncing;               /* out-of-sync frames count as protected meanwhile */
     /* statistics */
     uint64_t by_type[SH_NR_TYPES];
     uint64_t faults[MV_SHADOW_NR_KINDS];
     uint64_t emulated, evictions, zapped;
+    uint64_t unsyncs, resyncs, resync_fixed, unshadowed_early, unshadowed_freed;
 };
 
 struct sh_vcpu {
+    mv_vcpu_t *v;
     uint32_t top[SH_TOPUP];
     uint32_t ntop;
     uint32_t roots[SH_ROOTS];     /* page indices, pinned; SH_NIL */
     uint32_t cur;                 /* current root, SH_NIL */
     uint64_t cr3;
+    /* Out-of-sync L1s this vCPU unsynced, oldest first, each with the guest frame's
+     * contents when it was unsynced. */
+    uint32_t noos;
+    uint32_t oos[MV_SHADOW_OOS_MAX];
+    uint8_t slot[MV_SHADOW_OOS_MAX]; /* oos[k]'s snapshot: snap + slot[k] * 512 */
+    uint64_t *snap;               /* [oos budget][512] */
 };
 
 static inline struct sh_domain *sh_of(const mv_domain_t *d)
@@ -163,12 +177,53 @@ bool mv__sh_write_protect(struct sh_domain *s, mv_gfn_t gfn);
 void mv__sh_flush_all(struct sh_domain *s);
 void mv__sh_free_all(struct sh_domain *s);
 
+/* ---- oos.c: out-of-sync L1 shadows and the write heuristics --------------------------- */
+
+/* Writes to a frame not used as a page table meanwhile before its shadows go. */
+#define SH_UNSHADOW_WRITES 16u
+/* Emulated writes to an L1 before it is left writable (out of sync). */
+#define SH_UNSYNC_WRITES 2u
+
+/* Must writes to gfn trap? (a guest page table not tracked out of sync) */
+bool mv__sh_gfn_protected(struct sh_domain *s, mv_gfn_t gfn);
+/*
+ * After an emulated write of [first, last] entries to gfn's frame `guest` (lock held):
+ * unsync its L1 when written repeatedly, drop its shadows when it is written without
+ * being used as a table or when the guest emptied it. sv is the writing vCPU's.
+ */
+void mv__sh_after_write(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn,
+                        const uint64_t *guest, bool cleared);
+/* Bring every out-of-sync L1 back in sync (lock held); true when a shadow changed. */
+bool mv__sh_resync_all(struct sh_domain *s, bool nxe, bool gb);
+/*
+ * The same for one page: before its frame serves as another type, when a vCPU's list is
+ * full, and before a walk links it under an upper entry that did not point to it (the
+ * staleness the guest allowed for the walks that went through it must not reach walks
+ * that never did). With may_drop, an L1 the guest emptied goes; else it stays (the
+ * caller holds its index).
+ */
+void mv__sh_resync_one(struct sh_domain *s, uint32_t pi, bool nxe, bool gb, bool may_drop);
+/* The snapshot of out-of-sync pi (lock held). */
+uint64_t *mv__sh_snapshot(struct sh_domain *s, uint32_t pi);
+/* A shadow that goes (unshadow): forget its out-of-sync state. */
+void mv__sh_oos_forget(struct sh_domain *s, uint32_t pi);
+/* Is the guest table all not-present? */
+bool mv__sh_guest_empty(const uint64_t *guest);
+
 /* ---- shadow.c ----------------------------------------------------------------------- */
 /* The shadow entry for guest entry e at level lv of a table shadow (lock held). */
 uint64_t mv__sh_propagate(struct sh_domain *s, unsigned lv, uint64_t e, bool nxe, bool gb,
                           uint64_t *key);
 /* A leaf for gfn with the guest rights given (lock held, p2m seq checked by caller). */
 uint64_t mv__sh_leaf(struct sh_domain *s, mv_gfn_t gfn, uint64_t grights, bool nxe);
+/* Revalidate entries [first, last] of every shadow of gfn from the guest table (lock held). */
+bool mv__sh_revalidate(struct sh_domain *s, mv_gfn_t gfn, const uint64_t *guest,
+                       unsigned first, unsigned last, bool nxe, bool gb);
+static inline bool mv__sh_nxe(const mv_vcpu_t *v) { return (v->state.efer & MV_EFER_NXE) != 0; }
+static inline bool mv__sh_gb(const mv_vcpu_t *v)
+{
+    return (v->state.flags & MV_VCPUF_GBPAGES) != 0;
+}
 
 void mv__sh_audit(mv_host_t *h, struct mv_audit_ctx *ac);
 extern const struct mv_module_ops mv__shadow_module;

@@ -27,7 +27,7 @@ uint64_t mv__sh_leaf(struct sh_domain *s, mv_gfn_t gfn, uint64_t g, bool nxe)
         return 0;
     bool w;
     if (p2m_is_ram(pe.type))
-        w = pe.type == MV_P2M_RAM_RW && (pe.access & MV_P2M_W) && !mv__sh_gfn_is_table(s, gfn);
+        w = pe.type == MV_P2M_RAM_RW && (pe.access & MV_P2M_W) && !mv__sh_gfn_protected(s, gfn);
     else if (pe.type == MV_P2M_MMIO_DIRECT)
         w = (pe.access & MV_P2M_W) != 0;
     else
@@ -84,6 +84,8 @@ uint64_t mv__sh_propagate(struct sh_domain *s, unsigned lv, uint64_t e, bool nxe
     uint32_t ci = mv__sh_lookup(s, cg, ct);
     if (ci == SH_NIL)
         return 0; /* built on demand by the next fault */
+    if (s->pages[ci].oos) /* about to be linked here, maybe anew */
+        mv__sh_resync_one(s, ci, nxe, gb, false);
     *key = ci;
     return upper_entry(&s->pages[ci], e, nxe);
 }
@@ -142,7 +144,10 @@ static void sh_domain_free(mv_domain_t *d)
     if (s->pages)
         mv__sh_free_all(s);
     for (uint32_t i = 0; i < d->nr_vcpus; i++) {
-        mv__meta_free(h, d->vcpu[i]->mod[MV_MOD_SHADOW], sizeof(struct sh_vcpu));
+        struct sh_vcpu *sv = d->vcpu[i]->mod[MV_MOD_SHADOW];
+        if (sv && sv->snap)
+            mv__meta_free(h, sv->snap, (size_t)s->oos_budget * MV_PAGE_SIZE);
+        mv__meta_free(h, sv, sizeof(struct sh_vcpu));
         d->vcpu[i]->mod[MV_MOD_SHADOW] = NULL;
     }
     free_arrays(h, s);
@@ -159,6 +164,7 @@ static int sh_domain_init(mv_domain_t *d)
     if (!s)
         return MV_ENOMEM;
     s->d = d;
+    s->oos_budget = d->shadow_oos_pages;
     mv_spin_init(&s->lock, MV_LOCK_RANK_SHADOW);
     for (unsigned i = 0; i < SH_RMAP_BUCKETS; i++)
         s->rmap[i] = SH_NIL;
@@ -175,7 +181,15 @@ static int sh_domain_init(mv_domain_t *d)
         for (unsigned k = 0; k < SH_ROOTS; k++)
             sv->roots[k] = SH_NIL;
         sv->cur = SH_NIL;
+        sv->v = d->vcpu[i];
+        for (unsigned k = 0; k < MV_SHADOW_OOS_MAX; k++)
+            sv->slot[k] = (uint8_t)k;
         d->vcpu[i]->mod[MV_MOD_SHADOW] = sv;
+        if (s->oos_budget &&
+            !(sv->snap = mv__meta_alloc(h, (size_t)s->oos_budget * MV_PAGE_SIZE))) {
+            rc = MV_ENOMEM;
+            break;
+        }
     }
     s->listener = (struct mv_p2m_listener){.ctx = s, .invalidate_start = listen_start,
                                            .invalidate_end = listen_end};
@@ -261,6 +275,7 @@ MV_API int mv_shadow_set_cr3(mv_vcpu_t *v, uint64_t guest_cr3, mv_paddr_t *root)
         return rc;
     struct sh_vcpu *sv = shv_of(v);
     mv_spin_lock(&s->lock);
+    mv__sh_resync_all(s, nxe_of(v), gb_of(v)); /* a CR3 load is a resync point */
     uint32_t pi = mv__sh_lookup(s, gfn, SH_L4);
     if (pi == SH_NIL)
         pi = mv__sh_create(s, sv, gfn, SH_L4, pe.mfn);
@@ -279,6 +294,7 @@ static uint32_t get_shadow(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn
     uint32_t pi = mv__sh_lookup(s, gfn, type);
     if (pi != SH_NIL) {
         mv__sh_touch(s, pi);
+        s->pages[pi].idle_writes = 0;
         return pi;
     }
     mv_mfn_t gm = MV_INVALID_MFN;
@@ -288,14 +304,18 @@ static uint32_t get_shadow(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn
     return mv__sh_create(s, sv, gfn, type, gm);
 }
 
-/* Are the guest entries the walk read still there? (lock held; A/D ignored) */
+/*
+ * Are the guest entries the walk read still there, accessed and dirty bits included?
+ * (lock held) A guest that cleared A or D since our walk set it must see them set again
+ * by the next access, so the shadow is not built from the older value: the access is
+ * retried.
+ */
 static bool walk_still_valid(struct sh_domain *s, const struct sh_walk *w)
 {
     for (int l = 3; l >= w->leaf; l--) {
         uint64_t e;
         unsigned idx = (unsigned)((w->va >> (12 + 9 * l)) & 511);
-        if (mv__sh_guest_entry(s->d, w->tgfn[l], idx, &e) ||
-            ((e ^ w->e[l]) & ~(X86E_A | X86E_D)))
+        if (mv__sh_guest_entry(s->d, w->tgfn[l], idx, &e) || e != w->e[l])
             return false;
     }
     return true;
@@ -312,12 +332,21 @@ static void build(struct sh_domain *s, struct sh_vcpu *sv, const struct sh_walk 
         mv_gfn_t cg;
         unsigned ct = child_of((unsigned)l, w->e[l], &cg);
         uint32_t ci = get_shadow(s, sv, cg, ct);
+        /* An out-of-sync L1 linked anew is brought in sync first (see oos.c). */
+        const uint64_t *pt = sh_table(s, &s->pages[pi]);
+        if (s->pages[ci].oos &&
+            !((sh_read(&pt[idx]) & X86E_P) && s->pages[pi].nodes[idx].key == ci))
+            mv__sh_resync_one(s, ci, nxe, gb, false);
         mv__sh_set(s, pi, idx, upper_entry(&s->pages[ci], w->e[l], nxe), ci);
         pi = ci;
     }
     unsigned idx = (unsigned)((va >> (12 + 9 * w->leaf)) & 511);
     if (w->leaf == 0) {
         mv__sh_set(s, pi, idx, mv__sh_leaf(s, w->gfn, w->e[0], nxe), w->gfn);
+        /* An out-of-sync L1 now follows this guest entry: so must its snapshot, or a
+         * later write back to the snapshot's value would go unseen at resync. */
+        if (s->pages[pi].oos)
+            mv__sh_snapshot(s, pi)[idx] = w->e[0];
         return;
     }
     /* A guest superpage: splinter shadows, rights kept in the entry above. */
@@ -405,12 +434,12 @@ MV_API int mv_shadow_page_fault(mv_vcpu_t *v, uint64_t gva, uint32_t error_code,
     uint32_t kind = MV_SHADOW_FIXED;
     if (mv_p2m_in_progress(v->d) || !walk_still_valid(s, &w)) {
         /* retry: a p2m change or a guest table write raced with us */
-    } else if (write && mv__sh_gfn_is_table(s, w.gfn)) {
+    } else if (write && mv__sh_gfn_protected(s, w.gfn)) {
         kind = MV_SHADOW_EMULATE;
     } else {
         build(s, sv, &w, nxe, gb);
         /* Building may have shadowed the leaf's own frame (a self-map): emulate then. */
-        if (write && mv__sh_gfn_is_table(s, w.gfn))
+        if (write && mv__sh_gfn_protected(s, w.gfn))
             kind = MV_SHADOW_EMULATE;
     }
     s->faults[kind]++;
@@ -453,9 +482,10 @@ MV_API int mv_shadow_gva_to_gpa(mv_vcpu_t *v, uint64_t gva, uint32_t error_code,
 
 /*
  * Revalidate entries [first, last] of every shadow of gfn from the guest frame at va
- * (lock held). True when an entry changed (the caller flushes).
+ * (lock held). True when an entry changed (the caller flushes). An out-of-sync L1's
+ * snapshot follows, so that its next resync does not count these entries again.
  */
-static bool revalidate(struct sh_domain *s, mv_gfn_t gfn, const uint64_t *gva_tab,
+bool mv__sh_revalidate(struct sh_domain *s, mv_gfn_t gfn, const uint64_t *gva_tab,
                        unsigned first, unsigned last, bool nxe, bool gb)
 {
     bool changed = false;
@@ -464,8 +494,12 @@ static bool revalidate(struct sh_domain *s, mv_gfn_t gfn, const uint64_t *gva_ta
         if (pi == SH_NIL)
             continue;
         uint64_t *st = sh_table(s, &s->pages[pi]);
+        uint64_t *snap = s->pages[pi].oos ? mv__sh_snapshot(s, pi) : NULL;
         for (unsigned i = first; i <= last; i++) {
-            uint64_t key, ne = mv__sh_propagate(s, t - 1, sh_read(&gva_tab[i]), nxe, gb, &key);
+            uint64_t g = sh_read(&gva_tab[i]);
+            uint64_t key, ne = mv__sh_propagate(s, t - 1, g, nxe, gb, &key);
+            if (snap)
+                snap[i] = g;
             if (ne != st[i]) {
                 mv__sh_set(s, pi, i, ne, key);
                 changed = true;
@@ -519,10 +553,15 @@ static int emulate(mv_vcpu_t *v, mv_paddr_t gpa, const void *bytes, size_t len, 
         memcpy(page + off, bytes, len);
     }
     if (!rc) {
-        if (revalidate(s, gfn, (const uint64_t *)page, off / 8, (off + (unsigned)len - 1) / 8,
-                       nxe_of(v), gb_of(v)))
+        const uint64_t *guest = (const uint64_t *)page;
+        unsigned first = off / 8, last = (off + (unsigned)len - 1) / 8;
+        if (mv__sh_revalidate(s, gfn, guest, first, last, nxe_of(v), gb_of(v)))
             mv__sh_flush_all(s);
         s->emulated++;
+        bool cleared = false;
+        for (unsigned i = first; i <= last && !cleared; i++)
+            cleared = !(sh_read(&guest[i]) & X86E_P);
+        mv__sh_after_write(s, shv_of(v), gfn, guest, cleared);
     }
     mv_spin_unlock(&s->lock);
     mv__put_page(d->h, f);
@@ -546,7 +585,7 @@ static void sh_phys_wrote(mv_domain_t *d, mv_gfn_t gfn, unsigned off, size_t len
     if (s->any_used && mv__sh_gfn_is_table(s, gfn) && !mv_p2m_lookup(d, gfn, &pe) &&
         p2m_is_ram(pe.type)) {
         const uint64_t *page = (const uint64_t *)mv__mfn_va(d->h, pe.mfn);
-        if (revalidate(s, gfn, page, off / 8, (off + (unsigned)len - 1) / 8,
+        if (mv__sh_revalidate(s, gfn, page, off / 8, (off + (unsigned)len - 1) / 8,
                        nxe_of(d->vcpu[0]), gb_of(d->vcpu[0])))
             mv__sh_flush_all(s);
     }
@@ -579,6 +618,7 @@ MV_API int mv_shadow_invlpg(mv_vcpu_t *v, uint64_t gva)
         return rc;
     struct sh_vcpu *sv = shv_of(v);
     mv_spin_lock(&s->lock);
+    mv__sh_resync_all(s, nxe_of(v), gb_of(v)); /* INVLPG is a resync point */
     uint32_t pi = sv->cur;
     for (int l = 3; pi != SH_NIL; l--) {
         struct sh_page *sp = &s->pages[pi];
@@ -610,6 +650,9 @@ MV_API int mv_shadow_flush(mv_vcpu_t *v)
     int rc = vcpu_ok(v, &s);
     if (rc)
         return rc;
+    mv_spin_lock(&s->lock);
+    mv__sh_resync_all(s, nxe_of(v), gb_of(v)); /* a flush is a resync point */
+    mv_spin_unlock(&s->lock);
     struct mv_flush_request req = {.domid = (mv_domid_t)v->d->domid,
                                    .scope = MV_FLUSH_LINEAR_ALL, .nr_vcpus = v->d->nr_vcpus};
     req.vcpu_mask[v->id / 64] |= 1ull << (v->id % 64);
@@ -725,6 +768,12 @@ MV_API int mv_shadow_stats(const mv_domain_t *d, struct mv_shadow_stats *st)
     st->emulated_writes = s->emulated;
     st->evictions = s->evictions;
     st->zapped = s->zapped;
+    st->oos_pages = s->noos;
+    st->unsyncs = s->unsyncs;
+    st->resyncs = s->resyncs;
+    st->resync_fixed = s->resync_fixed;
+    st->unshadowed_early = s->unshadowed_early;
+    st->unshadowed_freed = s->unshadowed_freed;
     mv_spin_unlock(&s->lock);
     return 0;
 }

@@ -20,6 +20,7 @@
  * after it has been reused.
  */
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -257,8 +258,15 @@ static void gather(mv_sim_guest_t *g, int pid, uint64_t va)
 static void check_vcpu(mv_sim_guest_t *g, struct mv_sim_vcpu *sv, uint64_t va)
 {
     g->st.checks++;
-    if (mv_sim_verify_page(sv, va, MV_SIM_USER, NULL, NULL))
+    struct mv_sim_result a, o;
+    if (mv_sim_verify_page(sv, va, MV_SIM_USER, &a, &o)) {
+        if (getenv("MEMVIRT_SIM_DEBUG"))
+            fprintf(stderr, "mismatch d%u v%u va %#llx: vcpu %s code %#x mfn %#llx / oracle %s "
+                            "code %#x mfn %#llx (rc %d)\n", g->c.domid, sv->idx, (unsigned long long)va,
+                    mv_sim_kind_name(a.kind), a.error_code, (unsigned long long)a.mfn,
+                    mv_sim_kind_name(o.kind), o.error_code, (unsigned long long)o.mfn, a.rc);
         g->st.mismatches++;
+    }
 }
 
 static int shootdown(mv_sim_guest_t *g, int pid, bool all)
@@ -776,6 +784,17 @@ int mv_sim_guest_read(mv_sim_guest_t *g, uint32_t vcpu, uint64_t va)
         if (memcmp(g->buf, ub, MV_PAGE_SIZE)) {
             g->st.content_errors++;
             rc = MV_EUCLEAN;
+            if (getenv("MEMVIRT_SIM_DEBUG")) {
+                struct mv_sim_result a, o;
+                mv_sim_translate(g->sv[vcpu], va, MV_SIM_READ, MV_SIM_USER, &a);
+                mv_sim_oracle(g->sv[vcpu], va, MV_SIM_READ, MV_SIM_USER, &o);
+                fprintf(stderr, "content d%u v%u va %#llx id %#llx: vcpu %s mfn %#llx, oracle "
+                                "%s mfn %#llx, stale uses %llu\n", g->c.domid, vcpu,
+                        (unsigned long long)va, (unsigned long long)*id,
+                        mv_sim_kind_name(a.kind), (unsigned long long)a.mfn,
+                        mv_sim_kind_name(o.kind), (unsigned long long)o.mfn,
+                        (unsigned long long)g->sv[vcpu]->st.stale_uses);
+            }
         }
     }
     pthread_mutex_unlock(&g->lock);
@@ -994,7 +1013,9 @@ int mv_sim_guest_create(mv_sim_t *s, const struct mv_sim_guest_config *cfg,
                                   .nr_vcpus = cfg->nr_vcpus, .max_pages = g->pages,
                                   .node_affinity = MV_NODE_ANY,
                                   .shadow_pool_pages = cfg->hvm && !cfg->hap
-                                                           ? cfg->shadow_pool_pages : 0};
+                                                           ? cfg->shadow_pool_pages : 0,
+                                  .flags = cfg->hvm && !cfg->hap && cfg->shadow_sync
+                                               ? MV_DOMF_SHADOW_SYNC : 0};
     if ((rc = mv_domain_create(mv_sim_host(s), &dc, &g->d)))
         goto fail;
     for (mv_gfn_t gf = 0; gf < g->pages && !rc; gf += 512) {

@@ -432,7 +432,9 @@ int mv_sim_image_import(mv_sim_t *s, const struct mv_sim_image_config *cfg,
                                   .nr_vcpus = 1, .max_pages = img->pages,
                                   .node_affinity = MV_NODE_ANY, .phys_bits = bits,
                                   .shadow_pool_pages = paging == MV_PAGING_SHADOW
-                                                           ? cfg->shadow_pool_pages : 0};
+                                                           ? cfg->shadow_pool_pages : 0,
+                                  .flags = paging == MV_PAGING_SHADOW && cfg->shadow_sync
+                                               ? MV_DOMF_SHADOW_SYNC : 0};
     if (!img->va) {
         rc = MV_ENOMEM;
         seterr(err, errlen, "out of memory");

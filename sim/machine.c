@@ -65,7 +65,17 @@ static void handle_requests(struct mv_sim_vcpu *sv)
     uint32_t r = atomic_load_explicit(&sv->req, memory_order_acquire);
     if (!r)
         return;
-    if (r & SIM_REQ_FLUSH) {
+    if ((r & SIM_REQ_GUEST_FLUSH) && sv->shadow) {
+        /* The guest's flush on this vCPU is a trap under shadow paging: the engine
+         * resyncs, then the TLB goes. The bit is cleared first: the sender stops
+         * waiting once this vCPU has left guest code for the engine, and the vCPU
+         * runs no guest code before the flush is done. Requests posted meanwhile are
+         * handled when the engine call ends. */
+        atomic_fetch_and_explicit(&sv->req, ~SIM_REQ_GUEST_FLUSH, memory_order_acq_rel);
+        mv_sim_flush_tlb(sv);
+        return;
+    }
+    if (r & (SIM_REQ_FLUSH | SIM_REQ_GUEST_FLUSH)) {
         sv->st.flushes_linear++;
         mv__sim_tlb_flush_all(sv, false);
     }
@@ -130,7 +140,7 @@ uint64_t mv_sim_flush_waits(const mv_sim_t *s)
 void mv_sim_vcpu_kick_flush(mv_sim_vcpu_t *sv)
 {
     if (sv->s->threaded)
-        post(sv, SIM_REQ_FLUSH);
+        post(sv, SIM_REQ_GUEST_FLUSH);
     else
         mv_sim_flush_tlb(sv);
 }

@@ -57,7 +57,8 @@ struct sim_tlb {
 };
 
 /* Request bits (threaded mode): posted by any thread, handled by the vCPU's own thread. */
-#define SIM_REQ_FLUSH 0x1u /* drop every TLB entry */
+#define SIM_REQ_FLUSH 0x1u       /* drop every TLB entry (the engine's flush) */
+#define SIM_REQ_GUEST_FLUSH 0x2u /* the guest's flush IPI: trapped to the engine under shadow */
 
 /* vCPU modes (threaded mode), KVM's: a vCPU is waited for only while it runs guest code. */
 #define SIM_OUTSIDE 0u

@@ -173,6 +173,7 @@ struct mv_sim_vcpu_stats {
     uint64_t accesses, tlb_hits, walks, ept_violations, page_faults, ad_updates;
     uint64_t flushes_one, flushes_linear, flushes_gphys;
     uint64_t shadow_faults, emulated_writes; /* shadow: traps to the engine */
+    uint64_t stale_uses; /* shadow: accesses served by an out-of-sync entry the guest unmapped */
 };
 void mv_sim_vcpu_stats(const mv_sim_vcpu_t *sv, struct mv_sim_vcpu_stats *st);
 
@@ -236,6 +237,7 @@ struct mv_sim_image_config {
     uint32_t phys_bits;   /* 0: 40 */
     bool gbpages;         /* offer 1 GiB pages to the guest */
     uint64_t shadow_pool_pages; /* shadow: the pool's budget (0: the engine's default) */
+    bool shadow_sync;   /* shadow: no out-of-sync L1s (MV_DOMF_SHADOW_SYNC) */
 };
 
 /*
@@ -289,6 +291,9 @@ int mv_sim_image_check_maps(const struct mv_sim_image *img, const char *path, ui
  * guest; unique ids); the model remembers each page's id per process and `read` compares
  * the bytes it gets.
  *
+ * With MEMVIRT_SIM_DEBUG set in the environment, each oracle mismatch and content error
+ * is described on stderr (the counts are kept either way).
+ *
  * Threads: every call may come from the thread of the vCPU it names; a mutex of the model
  * guards its structures (allocator, processes, tables edits), and user accesses run
  * without it, as guest code. With `threaded`, a process runs on one vCPU at a time:
@@ -332,6 +337,7 @@ struct mv_sim_guest_config {
     bool threaded;      /* vCPUs driven by threads of their own (see above) */
     bool hap;           /* HVM with nested paging instead of shadow paging */
     uint64_t shadow_pool_pages; /* shadow: the pool's budget (0: the engine's default) */
+    bool shadow_sync;   /* shadow: no out-of-sync L1s (MV_DOMF_SHADOW_SYNC) */
 };
 
 struct mv_sim_guest_stats {
@@ -424,6 +430,7 @@ struct mv_sim_run_config {
     bool threaded;        /* one thread per vCPU (puts the simulator in threaded mode) */
     bool hap;             /* HVM with nested paging instead of shadow paging */
     uint64_t shadow_pool_pages; /* shadow: each domain's pool budget (0: the default) */
+    bool shadow_sync;     /* shadow: no out-of-sync L1s (MV_DOMF_SHADOW_SYNC) */
 };
 
 typedef struct mv_sim_run mv_sim_run_t;

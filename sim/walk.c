@@ -409,8 +409,17 @@ static int walk(struct mv_sim_vcpu *sv, uint64_t root, uint64_t va, uint32_t op,
     if (sv->shadow) {
         /* The TLB entry stands for the guest's walk: record it and its gpa. */
         int glv = guest_path(sv, va, addr, pte, &pa);
-        if (glv < 0)
-            return WALK_RETRY; /* the guest changed its tables under the walk */
+        if (glv < 0) {
+            /* The guest unmapped va behind an out-of-sync shadow and has not invalidated
+             * yet: the shadow's translation is used, as a stale TLB entry would be, but
+             * not cached (it stands for no guest walk). */
+            sv->st.stale_uses++;
+            r->kind = MV_SIM_OK;
+            r->mfn = mfn;
+            r->addr = 0;
+            r->order = 0;
+            return WALK_DONE;
+        }
         gorder = 9 * (unsigned)glv;
         lv = glv;
         if ((tf & TLBF_G) && !((pte[glv] & X86_G) && (cs->cr4 & MV_CR4_PGE)))

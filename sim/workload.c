@@ -326,7 +326,8 @@ int mv_sim_run_create(mv_sim_t *s, const struct mv_sim_run_config *cfg, mv_sim_r
                                          .mem_pages = mem, .seed = cfg->seed,
                                          .zero_pct = r->p.zero_pct, .pool_pct = r->p.pool_pct,
                                          .check = cfg->check, .threaded = cfg->threaded,
-                                         .shadow_pool_pages = cfg->shadow_pool_pages};
+                                         .shadow_pool_pages = cfg->shadow_pool_pages,
+                                         .shadow_sync = cfg->shadow_sync};
         r->d[i].rng = cfg->seed * 0x100000001b3ull + i + 1;
         pthread_mutex_init(&r->d[i].mu, NULL);
         r->d[i].cap = 0;

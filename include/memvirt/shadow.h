@@ -116,6 +116,11 @@ struct mv_shadow_stats {
     uint64_t emulated_writes;
     uint64_t evictions;
     uint64_t zapped;           /* leaves removed by p2m changes and INVLPG */
+    /* Out-of-sync L1s: out of sync now, times unsynced and resynced, and the entries the
+     * resyncs fixed (each was at least one guest write that did not trap). */
+    uint64_t oos_pages, unsyncs, resyncs, resync_fixed;
+    /* Heuristics: frames unshadowed because written while unused, or emptied by the guest. */
+    uint64_t unshadowed_early, unshadowed_freed;
 };
 MV_API int mv_shadow_stats(const mv_domain_t *d, struct mv_shadow_stats *st);
 
