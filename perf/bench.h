@@ -176,6 +176,7 @@ void mvb_register_ref(void);
 void mvb_register_pv(void);
 void mvb_register_p2m(void);
 void mvb_register_sim(void);
+void mvb_register_shadow(void);
 
 #ifdef __cplusplus
 }

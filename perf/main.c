@@ -135,6 +135,7 @@ int main(int argc, char **argv)
     mvb_register_pv();
     mvb_register_p2m();
     mvb_register_sim();
+    mvb_register_shadow();
 
     int rc = mvb_run(argc, argv, print_help, &info);
     if (rc != 0)
