@@ -1,29 +1,36 @@
 /*
  * perf/bench_shadow.c - shadow paging (shadow/) on one vCPU, with same-run baselines.
  *
- *   shadow/fault_leaf        mv_shadow_page_fault for a 4 KiB page whose upper shadows
- *                            (L4, L3, L2, L1) exist and whose shadow leaf does not: the
- *                            guest walk, the checks and the one leaf written; item = fault.
- *                            Guest: 64 MiB mapped by 4 KiB PTEs (16384 pages, 32 L1
- *                            tables), touched in a fixed random order.
- *   shadow/invlpg            mv_shadow_invlpg of a page whose shadow leaf is present (the
- *                            leaf dropped, the one-address flush requested); item = INVLPG
- *   baseline/walk_4level_64m the least a fault does, in plain C over the same guest tables
- *                            and in the same order: four dependent table reads (gfn -> host
- *                            address through a flat array, as baseline/flat_lookup does for
- *                            the p2m), the data gfn -> mfn, one leaf stored; item = walk
- *   shadow/emulated_write    mv_shadow_emulate_write of one 8-byte guest PTE into a
- *                            shadowed L1, alternating between two present mappings of two
- *                            frames, so every write changes the shadow leaf (and flushes)
- *   baseline/pte_memcpy_8b   memcpy of the same 8 bytes into a plain page
- *   shadow/cr3_switch_warm   mv_shadow_set_cr3 cycling over 4 guest roots whose shadows
- *                            exist (the vCPU keeps 4 roots); item = CR3 load
- *   baseline/root_cache_4    the same lookup in plain C: the CR3's gfn through a flat
- *                            gfn -> mfn array, then a 4-slot most-recently-used cache
- *   shadow/fault_in_1g       a fault on every 4 KiB page of 1 GiB mapped by 4 KiB PTEs (512
- *                            L1 tables under one L2), in address order, starting with no
- *                            shadow below the root; item = page (fault)
- *   baseline/walk_4level_1g  the plain-C walk of baseline/walk_4level_64m over those 1 GiB
+ *   shadow/fault_leaf           mv_shadow_page_fault for a 4 KiB page whose upper shadows
+ *                               (L4, L3, L2, L1) exist and whose shadow leaf does not: the
+ *                               guest walk, the checks and the one leaf written; item =
+ *                               fault. Guest: 64 MiB mapped by 4 KiB PTEs (16384 pages, 32
+ *                               L1 tables), touched in a fixed random order.
+ *   shadow/invlpg               mv_shadow_invlpg of a page whose shadow leaf is present (the
+ *                               leaf dropped, the one-address flush requested); item = INVLPG
+ *   baseline/shadow_walk_64m    the least a fault does, in plain C over the same guest tables
+ *                               and in the same order: four dependent table reads (gfn ->
+ *                               host address through a flat array, as baseline/flat_lookup
+ *                               does for the p2m), the data gfn -> mfn, one leaf stored;
+ *                               item = walk
+ *   shadow/emulated_write       mv_shadow_emulate_write of one 8-byte guest PTE into a
+ *                               shadowed L1, alternating between two present mappings of two
+ *                               frames, so every write changes the shadow leaf (and flushes)
+ *   baseline/shadow_memcpy_8b   memcpy of the same 8 bytes into a plain page
+ *   shadow/cr3_switch_warm      mv_shadow_set_cr3 cycling over 4 guest roots whose shadows
+ *                               exist (the vCPU keeps 4 roots); item = CR3 load
+ *   baseline/shadow_root_cache_4 the same lookup in plain C: the CR3's gfn through a flat
+ *                               gfn -> mfn array, then a 4-slot most-recently-used cache
+ *   shadow/fault_in_1g          a fault on every 4 KiB page of 1 GiB mapped by 4 KiB PTEs
+ *                               (512 L1 tables under one L2), in address order, starting
+ *                               with no shadow below the root; item = page (fault)
+ *   baseline/shadow_walk_1g     the walk of baseline/shadow_walk_64m over those 1 GiB, in
+ *                               address order
+ *
+ * The baselines carry "shadow" in their names so that --benchmark_filter=shadow runs them
+ * with what they are compared with. On a shared virtual machine the speed of the CPU itself
+ * can change from one process to the next (the baselines move with the benchmarks): read the
+ * ratios, or repeat the run, before comparing absolute figures across runs.
  *
  * How the faults are timed. A fault can be repeated only once its leaf is gone, and Google
  * Benchmark's PauseTiming/ResumeTiming pair costs about 1.5 us here (it reads the thread's
@@ -134,7 +141,7 @@ static inline uint64_t xorshift(uint64_t *s)
     return *s = x;
 }
 
-/* ---- The fixture ---------------------------------------------------------------------- */
+/* ---- The fixture ------------------------------------------------------------------------- */
 
 static void fixture_fini(void)
 {
@@ -339,7 +346,7 @@ static inline void first_error(int *rc, int r)
         *rc = r;
 }
 
-/* ---- The baseline walk ------------------------------------------------------------------ */
+/* ---- The baseline walk ------------------------------------------------------------------- */
 
 /* Four levels, each entry checked present and its gfn inside the guest; 0 when it fails. */
 static inline uint64_t flat_walk(const struct guest *g, mv_gfn_t root, uint64_t va)
@@ -385,7 +392,7 @@ static void run_walk(mvb_state_t *st, void *user)
         mvb_set_items_processed(st, mvb_iterations(st));
 }
 
-/* ---- shadow/fault_leaf and shadow/invlpg ------------------------------------------------ */
+/* ---- shadow/fault_leaf and shadow/invlpg ------------------------------------------------- */
 
 struct leaf_bench {
     bool time_invlpg; /* else the faults are timed */
@@ -447,7 +454,7 @@ static void run_fault_leaf(mvb_state_t *st, void *user)
 static struct leaf_bench lb_fault = {.time_invlpg = false}, lb_invlpg = {.time_invlpg = true};
 static struct walk_bench wb_small = {.big = false}, wb_big = {.big = true};
 
-/* ---- shadow/emulated_write and baseline/pte_memcpy_8b ----------------------------------- */
+/* ---- shadow/emulated_write and baseline/shadow_memcpy_8b --------------------------------- */
 
 /* The leaf the shadow tables give for va (a walk of the shadow root), or 0. */
 static uint64_t shadow_leaf(mv_paddr_t root, uint64_t va)
@@ -510,7 +517,7 @@ static void run_memcpy_8b(mvb_state_t *st, void *user)
     mvb_set_items_processed(st, mvb_iterations(st));
 }
 
-/* ---- shadow/cr3_switch_warm and baseline/root_cache_4 ------------------------------------ */
+/* ---- shadow/cr3_switch_warm and baseline/shadow_root_cache_4 ----------------------------- */
 
 static void run_cr3_switch(mvb_state_t *st, void *user)
 {
@@ -581,7 +588,7 @@ static void run_root_cache(mvb_state_t *st, void *user)
         mvb_set_items_processed(st, mvb_iterations(st));
 }
 
-/* ---- shadow/fault_in_1g -------------------------------------------------------------------- */
+/* ---- shadow/fault_in_1g ------------------------------------------------------------------ */
 
 static void run_fault_in_1g(mvb_state_t *st, void *user)
 {
@@ -626,18 +633,18 @@ void mvb_register_shadow(void)
 {
     reg("shadow/fault_leaf", run_fault_leaf, &lb_fault, small_setup, MVB_MANUAL_TIME);
     reg("shadow/invlpg", run_fault_leaf, &lb_invlpg, small_setup, MVB_MANUAL_TIME);
-    reg("baseline/walk_4level_64m", run_walk, &wb_small, small_setup, 0);
+    reg("baseline/shadow_walk_64m", run_walk, &wb_small, small_setup, 0);
     reg("shadow/emulated_write", run_emulated_write, NULL, small_setup, 0);
-    reg("baseline/pte_memcpy_8b", run_memcpy_8b, NULL, NULL, 0);
+    reg("baseline/shadow_memcpy_8b", run_memcpy_8b, NULL, NULL, 0);
     reg("shadow/cr3_switch_warm", run_cr3_switch, NULL, small_setup, 0);
-    reg("baseline/root_cache_4", run_root_cache, NULL, small_setup, 0);
+    reg("baseline/shadow_root_cache_4", run_root_cache, NULL, small_setup, 0);
     reg("shadow/fault_in_1g", run_fault_in_1g, NULL, big_setup, MVB_MANUAL_TIME);
-    reg("baseline/walk_4level_1g", run_walk, &wb_big, big_setup, 0);
-    if (mvb_register_ratio("shadow/fault_leaf", "baseline/walk_4level_64m", 0) ||
-        mvb_register_ratio("shadow/invlpg", "baseline/walk_4level_64m", 0) ||
-        mvb_register_ratio("shadow/emulated_write", "baseline/pte_memcpy_8b", 0) ||
-        mvb_register_ratio("shadow/cr3_switch_warm", "baseline/root_cache_4", 0) ||
-        mvb_register_ratio("shadow/fault_in_1g", "baseline/walk_4level_1g", 0) ||
+    reg("baseline/shadow_walk_1g", run_walk, &wb_big, big_setup, 0);
+    if (mvb_register_ratio("shadow/fault_leaf", "baseline/shadow_walk_64m", 0) ||
+        mvb_register_ratio("shadow/invlpg", "baseline/shadow_walk_64m", 0) ||
+        mvb_register_ratio("shadow/emulated_write", "baseline/shadow_memcpy_8b", 0) ||
+        mvb_register_ratio("shadow/cr3_switch_warm", "baseline/shadow_root_cache_4", 0) ||
+        mvb_register_ratio("shadow/fault_in_1g", "baseline/shadow_walk_1g", 0) ||
         mvb_register_goal_ns("shadow/fault_leaf", 300) ||
         mvb_register_goal_ns("shadow/emulated_write", 200)) {
         fprintf(stderr, "memvirt-bench: cannot register the shadow ratios\n");
