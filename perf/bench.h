@@ -3,7 +3,7 @@
  *
  * Benchmarks are written in C, one file per module (perf/bench_<module>.c exposing
  * `void mvb_register_<module>(void)`); perf/shim.cc, the only C++ file of the project,
- * implements everything below except the ratio table, which lives in perf/main.c.
+ * implements everything below except the ratio and goal tables, which live in perf/main.c.
  *
  * A benchmark is a run callback plus optional setup and teardown hooks:
  *
@@ -162,6 +162,13 @@ bool mvb_result(const char *name, int threads, struct mvb_result *out);
  */
 int mvb_register_ratio(const char *bench, const char *baseline, double goal_max);
 
+/*
+ * Declare that `bench` should take at most `max_ns` nanoseconds per item (from its items
+ * per second). After the run, memvirt-bench prints one line per thread count it ran with,
+ * below the ratios. 0, or -1 when the table is full or max_ns <= 0.
+ */
+int mvb_register_goal_ns(const char *bench, double max_ns);
+
 /* ---- Modules: perf/bench_<module>.c, called by perf/main.c ---------------------------- */
 
 void mvb_register_mm(void);
@@ -169,6 +176,7 @@ void mvb_register_ref(void);
 void mvb_register_pv(void);
 void mvb_register_p2m(void);
 void mvb_register_sim(void);
+void mvb_register_shadow(void);
 
 #ifdef __cplusplus
 }

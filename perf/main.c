@@ -5,7 +5,8 @@
  * Google Benchmark reports each benchmark alone; the ratio of a benchmark to its same-run
  * baseline (perf/bench.h, mvb_register_ratio) is computed here from the items per second
  * the shim recorded, and printed after the results: to stdout below the console table, or
- * to stderr when stdout carries JSON or CSV, so that stdout stays machine-readable.
+ * to stderr when stdout carries JSON or CSV, so that stdout stays machine-readable. Absolute
+ * goals (mvb_register_goal_ns: nanoseconds per item) are printed the same way, after them.
  *
  * Exit status: 0; 1 when a run failed (skipped with an error, or a teardown check failed)
  * or the filter matched nothing; 2 for an unknown argument.
@@ -61,12 +62,47 @@ static void print_ratio(FILE *out, const struct mvb_ratio *r)
     }
 }
 
+/* ---- The goal table: absolute time per item ------------------------------------------------ */
+
+struct mvb_goal {
+    const char *bench;
+    double max_ns;
+};
+
+static struct mvb_goal goals[MVB_MAX_RATIOS];
+static unsigned nr_goals;
+
+int mvb_register_goal_ns(const char *bench, double max_ns)
+{
+    if (!bench || !(max_ns > 0) || nr_goals == MVB_MAX_RATIOS)
+        return -1;
+    goals[nr_goals++] = (struct mvb_goal){bench, max_ns};
+    return 0;
+}
+
+/* One line per thread count the benchmark ran with. */
+static void print_goal(FILE *out, const struct mvb_goal *g)
+{
+    for (int t = 1; t <= MVB_MAX_THREADS; t++) {
+        struct mvb_result b;
+        if (!mvb_result(g->bench, t, &b))
+            continue;
+        if (b.items_per_second <= 0) {
+            fprintf(out, "goal %s = n/a (no items per second)\n", b.run_name);
+            continue;
+        }
+        double ns = 1e9 / b.items_per_second;
+        fprintf(out, "goal %s = %.1f ns per item (goal <= %g ns%s)\n", b.run_name, ns,
+                g->max_ns, ns <= g->max_ns ? "" : ": MISSED");
+    }
+}
+
 /* ---- Command line ------------------------------------------------------------------------ */
 
 static void print_help(void)
 {
     printf("\nmemvirt-bench options (besides Google Benchmark's above):\n"
-           "  --mvb-ratios      print benchmark/baseline ratios after the results (default)\n"
+           "  --mvb-ratios      print benchmark/baseline ratios and goals after the results (default)\n"
            "  --mvb-no-ratios   do not print them\n");
 }
 
@@ -99,6 +135,7 @@ int main(int argc, char **argv)
     mvb_register_pv();
     mvb_register_p2m();
     mvb_register_sim();
+    mvb_register_shadow();
 
     int rc = mvb_run(argc, argv, print_help, &info);
     if (rc != 0)
@@ -108,6 +145,8 @@ int main(int argc, char **argv)
         FILE *out = info.console ? stdout : stderr;
         for (unsigned i = 0; i < nr_ratios; i++)
             print_ratio(out, &ratios[i]);
+        for (unsigned i = 0; i < nr_goals; i++)
+            print_goal(out, &goals[i]);
         fflush(out);
     }
     if (info.failed) {
