@@ -388,6 +388,7 @@ void mv__sim_tlb_flush_all(struct mv_sim_vcpu *sv, bool keep_global)
 void mv_sim_invlpg(mv_sim_vcpu_t *sv, uint64_t va)
 {
     if (sv->shadow) {
+        sv->st.exits++;
         mv__sim_engine_begin(sv);
         (void)mv_shadow_invlpg(sv->v, va); /* refused only for a dying domain */
         mv__sim_engine_end(sv);
@@ -398,6 +399,7 @@ void mv_sim_invlpg(mv_sim_vcpu_t *sv, uint64_t va)
 void mv_sim_flush_tlb(mv_sim_vcpu_t *sv)
 {
     if (sv->shadow) {
+        sv->st.exits++;
         mv__sim_engine_begin(sv);
         (void)mv_shadow_flush(sv->v);
         mv__sim_engine_end(sv);
@@ -423,6 +425,7 @@ int mv_sim_set_cr3(mv_sim_vcpu_t *sv, uint64_t cr3)
         return rc;
     if (sv->shadow) {
         mv_paddr_t root = 0;
+        sv->st.exits++;
         mv__sim_engine_begin(sv);
         rc = mv_shadow_set_cr3(sv->v, cr3, &root);
         mv__sim_engine_end(sv);

@@ -174,6 +174,9 @@ struct mv_sim_vcpu_stats {
     uint64_t flushes_one, flushes_linear, flushes_gphys;
     uint64_t shadow_faults, emulated_writes; /* shadow: traps to the engine */
     uint64_t stale_uses; /* shadow: accesses served by an out-of-sync entry the guest unmapped */
+    /* VM exits a real vCPU would take: EPT violations (HAP); page faults, CR3 loads,
+     * INVLPG and flushes trapped to the shadow module (shadow). */
+    uint64_t exits;
 };
 void mv_sim_vcpu_stats(const mv_sim_vcpu_t *sv, struct mv_sim_vcpu_stats *st);
 

@@ -140,6 +140,7 @@ static int ept_xlate(struct mv_sim_vcpu *sv, mv_mfn_t root, uint64_t gpa, unsign
 static int ept_fault(struct mv_sim_vcpu *sv, uint64_t gpa, unsigned need, struct mv_sim_result *r)
 {
     sv->st.ept_violations++;
+    sv->st.exits++;
     unsigned outcome = MV_P2M_DENIED;
     mv__sim_engine_begin(sv);
     int rc = mv_p2m_handle_violation(sv->d, gpa >> MV_PAGE_SHIFT, need, &outcome);
@@ -229,6 +230,7 @@ static int shadow_trap(struct mv_sim_vcpu *sv, uint64_t va, uint32_t op, uint32_
                    ((flags & MV_SIM_IMPLICIT) ? MV_SHADOW_ACC_IMPLICIT : 0);
     struct mv_shadow_outcome o;
     sv->st.shadow_faults++;
+    sv->st.exits++;
     mv__sim_engine_begin(sv);
     int rc = mv_shadow_page_fault(sv->v, va, ec, acc, &o);
     mv__sim_engine_end(sv);
@@ -481,6 +483,7 @@ static uint32_t translate(mv_sim_vcpu_t *sv, uint64_t va, uint32_t op, uint32_t 
         /* A CR3 the engine has not loaded yet (changed behind our back): its trap. */
         if (!sv->sh_loaded || sv->sh_cr3 != cs->cr3) {
             mv_paddr_t sroot = 0;
+            sv->st.exits++;
             mv__sim_engine_begin(sv);
             int rc = mv_shadow_set_cr3(sv->v, cs->cr3, &sroot);
             mv__sim_engine_end(sv);

@@ -2,11 +2,12 @@
  * tools/memvirt-sim.c - run real guest-memory images on the simulator.
  *
  *   memvirt-sim --image FILE --cr3 HEX [--image FILE --cr3 HEX ...] [--verify]
- *               [--paging shadow|hap] [--shadow-pool N] [--maxphyaddr N] [--gbpages]
+ *               [--paging shadow|hap] [--shadow-pool N] [--no-oos] [--maxphyaddr N] [--gbpages]
  *               [--host-memory SIZE]
  *               [--format text|json|csv] [-o FILE]
  *   memvirt-sim --workload NAME [--domains N] [--vcpus N] [--seed S] [--steps N]
- *               [--mode pv|hvm [--paging shadow|hap] [--shadow-pool N]] [--no-check] [--threads]
+ *               [--mode pv|hvm [--paging shadow|hap] [--shadow-pool N] [--no-oos]] [--no-check]
+ *               [--threads]
  *               [--format text|json|csv] [-o FILE]
  *
  * A workload runs the guest OS model (sim/guest.c) on N domains of N vCPUs each, with the
@@ -47,6 +48,7 @@ struct options {
     const char *paging;
     unsigned maxphyaddr;
     uint64_t shadow_pool; /* --shadow-pool: frames per domain, 0: the engine's default */
+    bool no_oos;          /* --no-oos: every shadow kept in sync */
     uint64_t host_memory;
     bool gbpages, verify;
     const char *format;
@@ -73,6 +75,8 @@ static void usage(FILE *f)
             "  --paging shadow|hap   paging mode of the HVM guests (default shadow)\n"
             "  --shadow-pool N       shadow paging: each domain's shadow pool in frames\n"
             "                        (at least 16 per vCPU; default 256 + 16 per vCPU)\n"
+            "  --no-oos              shadow paging: keep every shadow in sync (no out-of-sync\n"
+            "                        L1 shadows; they are on by default)\n"
             "  --maxphyaddr N        guest physical-address width, 32..52 (default 40)\n"
             "  --gbpages             offer 1 GiB pages to the guests\n"
             "  --host-memory SIZE    machine memory, a number with K, M or G\n"
@@ -146,7 +150,7 @@ static bool parse_hex(const char *s, uint64_t *out)
 
 enum { OPT_IMAGE = 256, OPT_CR3, OPT_PAGING, OPT_MAXPHY, OPT_HOSTMEM, OPT_VERIFY, OPT_FORMAT,
        OPT_GBPAGES, OPT_WORKLOAD, OPT_DOMAINS, OPT_VCPUS, OPT_SEED, OPT_STEPS, OPT_MODE,
-       OPT_NOCHECK, OPT_THREADS, OPT_SHPOOL };
+       OPT_NOCHECK, OPT_THREADS, OPT_SHPOOL, OPT_NOOOS };
 
 static bool parse_num(const char *s, uint64_t *out)
 {
@@ -178,6 +182,7 @@ static int parse(int argc, char **argv, struct options *o)
         {"no-check", no_argument, NULL, OPT_NOCHECK},
         {"threads", no_argument, NULL, OPT_THREADS},
         {"shadow-pool", required_argument, NULL, OPT_SHPOOL},
+        {"no-oos", no_argument, NULL, OPT_NOOOS},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -242,6 +247,9 @@ static int parse(int argc, char **argv, struct options *o)
             break;
         case OPT_NOCHECK:
             o->no_check = true;
+            break;
+        case OPT_NOOOS:
+            o->no_oos = true;
             break;
         case OPT_SHPOOL: {
             char *end;
@@ -373,13 +381,19 @@ static void json_shadow(FILE *f, const struct mv_shadow_stats *sh)
         fprintf(f, "%s\"%s\": %llu", k ? ", " : "", kinds[k], (unsigned long long)sh->faults[k]);
     fprintf(f, "}, \"emulated_writes\": %llu, \"evictions\": %llu, \"zapped\": %llu, "
                "\"in_use\": {\"l4\": %llu, \"l3\": %llu, \"l2\": %llu, \"l1\": %llu, "
-               "\"fl1\": %llu, \"fl2\": %llu}, \"pool_frames\": %llu, \"budget\": %llu}",
+               "\"fl1\": %llu, \"fl2\": %llu}, \"pool_frames\": %llu, \"budget\": %llu, "
+               "\"out_of_sync\": {\"now\": %llu, \"unsyncs\": %llu, \"resyncs\": %llu, "
+               "\"entries_fixed\": %llu}, \"unshadowed\": {\"written_unused\": %llu, "
+               "\"emptied\": %llu}}",
             (unsigned long long)sh->emulated_writes, (unsigned long long)sh->evictions,
             (unsigned long long)sh->zapped, (unsigned long long)sh->shadows[4],
             (unsigned long long)sh->shadows[3], (unsigned long long)sh->shadows[2],
             (unsigned long long)sh->shadows[1], (unsigned long long)sh->shadows[5],
             (unsigned long long)sh->shadows[6], (unsigned long long)sh->pool_frames,
-            (unsigned long long)sh->budget);
+            (unsigned long long)sh->budget, (unsigned long long)sh->oos_pages,
+            (unsigned long long)sh->unsyncs, (unsigned long long)sh->resyncs,
+            (unsigned long long)sh->resync_fixed, (unsigned long long)sh->unshadowed_early,
+            (unsigned long long)sh->unshadowed_freed);
 }
 
 /* The same as text, two lines; `w` is the width of the report's labels. */
@@ -394,6 +408,11 @@ static void text_shadow(FILE *f, int w, const struct mv_shadow_stats *sh)
             w, "", (unsigned long long)sh->emulated_writes, (unsigned long long)sh->evictions,
             (unsigned long long)sh->zapped, (unsigned long long)sh->pool_frames,
             (unsigned long long)sh->budget);
+    fprintf(f, "  %-*sout of sync: %llu unsyncs, %llu resyncs fixing %llu entries; unshadowed: "
+               "%llu written unused, %llu emptied\n",
+            w, "", (unsigned long long)sh->unsyncs, (unsigned long long)sh->resyncs,
+            (unsigned long long)sh->resync_fixed, (unsigned long long)sh->unshadowed_early,
+            (unsigned long long)sh->unshadowed_freed);
 }
 
 static void report(FILE *f, const struct options *o, uint64_t audit_violations)
@@ -643,7 +662,8 @@ static int run_workload(struct options *o, FILE *out)
                                      .domains = o->domains, .vcpus = o->vcpus, .seed = o->seed,
                                      .hvm = !strcmp(o->mode, "hvm"), .check = !o->no_check,
                                      .threaded = o->threads, .hap = !strcmp(o->paging, "hap"),
-                                     .shadow_pool_pages = o->shadow_pool};
+                                     .shadow_pool_pages = o->shadow_pool,
+                                     .shadow_sync = o->no_oos};
     mv_sim_run_t *r = NULL;
     if ((rc = mv_sim_run_create(s, &rcfg, &r))) {
         fprintf(stderr, "memvirt-sim: cannot create the domains: %s\n", mv_strerror(rc));
@@ -680,6 +700,7 @@ static int run_workload(struct options *o, FILE *out)
             dr[i].v.walks += vs.walks;
             dr[i].v.ept_violations += vs.ept_violations;
             dr[i].v.page_faults += vs.page_faults;
+            dr[i].v.exits += vs.exits;
         }
         if (dr[i].g.mismatches || dr[i].g.tlb_violations || dr[i].g.content_errors ||
             dr[i].g.errors)
@@ -759,6 +780,7 @@ int main(int argc, char **argv)
                                                                            : MV_PAGING_HAP,
                                          .phys_bits = o.maxphyaddr,
                                          .shadow_pool_pages = o.shadow_pool,
+                                         .shadow_sync = o.no_oos,
                                          .gbpages = o.gbpages};
         if (tty)
             fprintf(stderr, "memvirt-sim: importing %s\n", o.im[i].path);
