@@ -285,14 +285,30 @@ static uint32_t get_shadow(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn
     return mv__sh_create(s, sv, gfn, type, gm);
 }
 
-/* Are the guest entries the walk read still there? (lock held; A/D ignored) */
+/*
+ * Shadow every guest table on the walk's path (lock held, topup full; the root is the
+ * vCPU's). Making a shadow removes write access to its frame and flushes: once this
+ * returns, the path's tables change only through mv_shadow_emulate_write, under our lock.
+ */
+static void shadow_path(struct sh_domain *s, struct sh_vcpu *sv, const struct sh_walk *w)
+{
+    for (int l = 2; l >= w->leaf; l--)
+        (void)get_shadow(s, sv, w->tgfn[l], (unsigned)l + 1); /* the table read at level l */
+}
+
+/*
+ * Are the guest entries the walk read still there? (lock held, after shadow_path) Accessed
+ * and dirty bits may have been set since, by another walk, but not cleared: a leaf built
+ * from a dirty bit the guest has cleared again would let writes bypass its dirty tracking.
+ */
 static bool walk_still_valid(struct sh_domain *s, const struct sh_walk *w)
 {
+    const uint64_t ad = X86E_A | X86E_D;
     for (int l = 3; l >= w->leaf; l--) {
         uint64_t e;
         unsigned idx = (unsigned)((w->va >> (12 + 9 * l)) & 511);
-        if (mv__sh_guest_entry(s->d, w->tgfn[l], idx, &e) ||
-            ((e ^ w->e[l]) & ~(X86E_A | X86E_D)))
+        if (mv__sh_guest_entry(s->d, w->tgfn[l], idx, &e) || ((e ^ w->e[l]) & ~ad) ||
+            (w->e[l] & ad & ~e))
             return false;
     }
     return true;
@@ -392,15 +408,24 @@ MV_API int mv_shadow_page_fault(mv_vcpu_t *v, uint64_t gva, uint32_t error_code,
         return rc;
     mv_spin_lock(&s->lock);
     uint32_t kind = MV_SHADOW_FIXED;
-    if (mv_p2m_in_progress(v->d) || !walk_still_valid(s, &w)) {
-        /* retry: a p2m change or a guest table write raced with us */
-    } else if (write && mv__sh_gfn_is_table(s, w.gfn)) {
-        kind = MV_SHADOW_EMULATE;
+    if (mv_p2m_in_progress(v->d)) {
+        /* retry: a p2m change is in flight */
     } else {
-        build(s, sv, &w, nxe, gb);
-        /* Building may have shadowed the leaf's own frame (a self-map): emulate then. */
-        if (write && mv__sh_gfn_is_table(s, w.gfn))
-            kind = MV_SHADOW_EMULATE;
+        /*
+         * The walk is checked again only once every table on its path is write-protected
+         * (Xen's shadow_check_gwalk runs after write access is removed, for the same
+         * reason): until the flush of a new table shadow completes, another vCPU may still
+         * write the table through a translation it holds, and a check made before would
+         * let a leaf be built from an entry the guest has already replaced.
+         */
+        shadow_path(s, sv, &w);
+        if (!walk_still_valid(s, &w)) {
+            /* retry: a guest table write raced with us */
+        } else if (write && mv__sh_gfn_is_table(s, w.gfn)) {
+            kind = MV_SHADOW_EMULATE; /* the leaf's frame is a table, maybe of this path */
+        } else {
+            build(s, sv, &w, nxe, gb);
+        }
     }
     s->faults[kind]++;
     mv_spin_unlock(&s->lock);

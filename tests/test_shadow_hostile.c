@@ -10,6 +10,7 @@
  * and follows the outcome. So a shadow leaf left writable where it must not be is a write
  * the engine never sees, and the checks below catch it.
  */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -1145,6 +1146,82 @@ static void test_abandoned_table_written(void **state)
     shd_kill(h, d);
 }
 
+/* ---- A table written by another vCPU while its shadow is being made -------------------- */
+
+/*
+ * The window the recheck of a guest walk must close: a vCPU faults, walks the guest's
+ * tables, and shadows the L1 it found; making the shadow removes write access to the L1
+ * frame and flushes, and until that flush completes another vCPU may still write the L1
+ * through a writable translation it holds. The test's flush hook plays that vCPU.
+ */
+static _Atomic(uint64_t *) race_slot;
+static uint64_t race_val;
+static _Atomic int race_fired;
+
+static void race_flush(const struct mv_platform *p, const struct mv_flush_request *req)
+{
+    (void)p;
+    (void)req;
+    uint64_t *slot = atomic_exchange(&race_slot, NULL);
+    if (slot) {
+        __atomic_store_n(slot, race_val, __ATOMIC_RELEASE);
+        atomic_store(&race_fired, 1);
+    }
+}
+
+static void test_table_written_during_write_protect(void **state)
+{
+    (void)state;
+    mv_domain_t *d = tree_dom(14, 2, 0);
+    mv_vcpu_t *v = mv_domain_vcpu(d, 0);
+    gpoke(d, G_L1B, 0, (G_L1 << 12) | TABLE); /* G_L1 as data at VA_B */
+    gpoke(d, G_L1, 1, (17ull << 12) | TABLE);
+    uint64_t cr3 = G_L4 << 12;
+    mv_paddr_t root = shd_cr3(v, G_L4);
+    void (*saved)(const struct mv_platform *, const struct mv_flush_request *) = tp->p.tlb_flush;
+    tp->p.tlb_flush = race_flush;
+    uint64_t *l1 = mv_frame_va(h, shd_mfn(d, G_L1));
+
+    /* The L1 frame is writable data while nothing shadows it. */
+    assert_int_equal(shd_fault(v, VA_B, MV_PFEC_W, NULL, NULL), MV_SHADOW_FIXED);
+    assert_true(swalk(h, root, VA_B).w);
+    /* Entry 0 moves from gfn 16 to gfn 77 during the flush that write-protects G_L1. */
+    race_val = (77ull << 12) | TABLE;
+    atomic_store(&race_fired, 0);
+    atomic_store(&race_slot, &l1[0]);
+    uint32_t kind = shd_fault(v, VA_BASE, 0, NULL, NULL);
+    assert_int_equal(kind, MV_SHADOW_FIXED);
+    assert_true(atomic_load(&race_fired));
+    assert_false(swalk(h, root, VA_B).w);
+    struct mv_vcpu_state vs = shd_state(v);
+    shd_agrees(h, d, root, cr3, VA_BASE, &vs); /* never the old frame */
+    shd_exact(h, v, root, cr3, VA_BASE);
+    assert_int_equal(swalk(h, root, VA_BASE).mfn, shd_mfn(d, 77));
+    th_assert_audit_clean(h);
+
+    /* The dirty bit the walk set is cleared in the same window: no writable leaf may
+     * stand on a clean guest entry (the guest would lose track of the write). */
+    assert_int_equal(mv_shadow_blow(d), 0);
+    assert_int_equal(shd_fault(v, VA_B, MV_PFEC_W, NULL, NULL), MV_SHADOW_FIXED);
+    assert_true(swalk(h, root, VA_B).w);
+    race_val = (17ull << 12) | TABLE | PTE_A; /* A kept, D gone */
+    atomic_store(&race_fired, 0);
+    atomic_store(&race_slot, &l1[1]);
+    kind = shd_fault(v, VA_BASE + 4096, MV_PFEC_W, NULL, NULL);
+    assert_int_equal(kind, MV_SHADOW_FIXED);
+    assert_true(atomic_load(&race_fired));
+    vs = shd_state(v);
+    shd_agrees(h, d, root, cr3, VA_BASE + 4096, &vs);
+    if (swalk(h, root, VA_BASE + 4096).w)
+        assert_true(gget(d, G_L1, 1) & PTE_D);
+    /* The guest's retry sets D again and gets its writable leaf. */
+    assert_int_equal(shd_fault(v, VA_BASE + 4096, MV_PFEC_W, NULL, NULL), MV_SHADOW_FIXED);
+    assert_true(swalk(h, root, VA_BASE + 4096).w);
+    assert_true(gget(d, G_L1, 1) & PTE_D);
+    tp->p.tlb_flush = saved;
+    shd_kill(h, d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1160,6 +1237,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_remove_without_frame, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refcount_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_abandoned_table_written, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_table_written_during_write_protect, setup, teardown),
     };
     return cmocka_run_group_tests_name("shadow_hostile", tests, NULL, NULL);
 }
