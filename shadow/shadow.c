@@ -14,7 +14,9 @@
  * shadow (and so is write-protected): from then on every change to them comes through
  * mv_shadow_emulate_write, under the same lock.
  */
+#include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "shadow-internal.h"
 
@@ -697,14 +699,21 @@ MV_API int mv_shadow_set_budget(mv_domain_t *d, uint64_t frames)
     return 0;
 }
 
+/* The first layout of struct mv_shadow_stats ended here; later fields are filled if they fit. */
+#define SH_STATS_V1 (offsetof(struct mv_shadow_stats, zapped) + sizeof(uint64_t))
+
 MV_API int mv_shadow_stats(const mv_domain_t *d, struct mv_shadow_stats *st)
 {
     struct sh_domain *s = d ? sh_of(d) : NULL;
-    if (!s)
+    if (!s || !st)
         return MV_EINVAL;
-    int rc = mv__prepare_out(st, sizeof(*st));
+    size_t size;
+    memcpy(&size, st, sizeof(size));
+    size_t ours = size >= sizeof(*st) ? sizeof(*st) : SH_STATS_V1;
+    int rc = mv__prepare_out(st, ours);
     if (rc)
         return rc;
+    uint64_t owned = atomic_load_explicit(&d->pages, memory_order_relaxed);
     mv_spin_lock(&s->lock);
     st->budget = s->budget;
     st->pool_frames = s->pool_frames;
@@ -715,6 +724,9 @@ MV_API int mv_shadow_stats(const mv_domain_t *d, struct mv_shadow_stats *st)
     st->emulated_writes = s->emulated;
     st->evictions = s->evictions;
     st->zapped = s->zapped;
+    uint64_t bytes = s->pool_frames * (MV_PAGE_SIZE + SH_ENTRIES * sizeof(struct sh_node));
     mv_spin_unlock(&s->lock);
+    if (ours >= offsetof(struct mv_shadow_stats, bytes_per_gib) + sizeof(uint64_t))
+        st->bytes_per_gib = owned ? bytes * ((1ull << 30) >> MV_PAGE_SHIFT) / owned : 0;
     return 0;
 }

@@ -3,9 +3,11 @@
  * their exact error codes, shadows checked by a small walker over the shadow tables,
  * emulated PTE writes, p2m changes zapping shadow leaves, the pool under pressure, and the
  * hostile classes (wide and page-crossing writes, the target removed before the write),
- * log-dirty's re-protection of shadow leaves (I14). Every scenario ends with a clean audit.
+ * log-dirty's re-protection of shadow leaves (I14), the statistics. Every scenario ends with
+ * a clean audit.
  */
 #include <stdatomic.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "harness.h"
@@ -590,6 +592,73 @@ static void test_logdirty_reprotects(void **state)
     kill_dom(d);
 }
 
+static uint64_t owned_pages(mv_domain_t *d)
+{
+    struct mv_domain_stats ds = {.size = sizeof(ds)};
+    assert_int_equal(mv_domain_stats(d, &ds), 0);
+    return ds.pages;
+}
+
+/* bytes_per_gib: pool frames and their entry metadata over the guest memory owned. */
+static void test_bytes_per_gib(void **state)
+{
+    (void)state;
+    mv_domain_t *d = make_dom(11);
+    struct mv_shadow_stats st = {.size = sizeof(st)};
+    assert_int_equal(mv_shadow_stats(d, &st), 0);
+    assert_int_equal(st.pool_frames, 0);
+    assert_int_equal(st.bytes_per_gib, 0);
+    build_tree(d);
+    mv_vcpu_t *v = mv_domain_vcpu(d, 0);
+    mv_paddr_t root;
+    assert_int_equal(mv_shadow_set_cr3(v, G_L4 << 12, &root), 0);
+    for (unsigned i = 0; i < 64; i++)
+        assert_int_equal(fault(v, VA_BASE + i * 4096ull, 0, 0, NULL), MV_SHADOW_FIXED);
+    const uint64_t per_frame = 4096 + 512 * sizeof(struct sh_node);
+    assert_int_equal(mv_shadow_stats(d, &st), 0);
+    assert_true(st.pool_frames > 0);
+    assert_int_equal(owned_pages(d), 4096);
+    /* 16 MiB of guest: a GiB is 64 times as much. */
+    assert_int_equal(st.bytes_per_gib, st.pool_frames * per_frame * 64);
+    /* Those bytes are charged to the domain as overhead. */
+    struct mv_domain_stats ds = {.size = sizeof(ds)};
+    assert_int_equal(mv_domain_stats(d, &ds), 0);
+    assert_true(ds.overhead_pages * 4096 + ds.overhead_bytes >= st.pool_frames * per_frame);
+
+    /* The same pool over half the memory: twice the bytes per GiB. */
+    uint64_t done;
+    for (mv_gfn_t g = 2048; g < 4096; g += 512)
+        assert_int_equal(mv_decrease_reservation(d, &g, 1, 9, &done), 0);
+    struct mv_shadow_stats st2 = {.size = sizeof(st2)};
+    assert_int_equal(mv_shadow_stats(d, &st2), 0);
+    assert_int_equal(st2.pool_frames, st.pool_frames);
+    assert_int_equal(st2.bytes_per_gib, 2 * st.bytes_per_gib);
+
+    /* A caller that knows the first layout only: its fields, nothing past its size. */
+    union {
+        struct mv_shadow_stats st;
+        uint8_t raw[sizeof(struct mv_shadow_stats)];
+    } old;
+    memset(&old, 0xa5, sizeof(old));
+    old.st.size = offsetof(struct mv_shadow_stats, bytes_per_gib);
+    assert_int_equal(mv_shadow_stats(d, &old.st), 0);
+    assert_int_equal(old.st.pool_frames, st.pool_frames);
+    assert_int_equal(old.st.budget, st.budget);
+    assert_int_equal(old.st.bytes_per_gib, 0xa5a5a5a5a5a5a5a5ull);
+    old.st.size = offsetof(struct mv_shadow_stats, zapped);
+    assert_int_equal(mv_shadow_stats(d, &old.st), MV_EINVAL);
+    assert_int_equal(mv_shadow_stats(d, NULL), MV_EINVAL);
+
+    /* Owning nothing: 0, however big the pool. */
+    for (mv_gfn_t g = 0; g < 2048; g += 512)
+        assert_int_equal(mv_decrease_reservation(d, &g, 1, 9, &done), 0);
+    assert_int_equal(owned_pages(d), 0);
+    assert_int_equal(mv_shadow_stats(d, &st2), 0);
+    assert_true(st2.pool_frames > 0);
+    assert_int_equal(st2.bytes_per_gib, 0);
+    kill_dom(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -602,6 +671,7 @@ int main(void)
         cmocka_unit_test(test_pool_pressure),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_logdirty_reprotects),
+        cmocka_unit_test(test_bytes_per_gib),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
