@@ -491,6 +491,60 @@ static bool revalidate(struct sh_domain *s, mv_gfn_t gfn, const uint64_t *gva_ta
     return changed;
 }
 
+/*
+ * Guest memory is written by whole aligned 8-byte words with atomic operations: walkers
+ * read guest entries and set their accessed and dirty bits (a compare-and-swap) with no
+ * lock held, so an entry must never be seen half written, and bytes of a word the write
+ * does not cover must keep whatever a walker put there meanwhile.
+ */
+static void write_words(uint8_t *page, unsigned off, const uint8_t *src, size_t len)
+{
+    for (unsigned w = off & ~7u; w < off + len; w += 8) {
+        _Atomic uint64_t *slot = (_Atomic uint64_t *)(void *)(page + w);
+        unsigned lo = w < off ? off - w : 0;
+        unsigned hi = off + len < w + 8 ? (unsigned)(off + len - w) : 8;
+        const uint8_t *from = src + (w + lo - off);
+        uint64_t nw;
+        if (lo == 0 && hi == 8) {
+            memcpy(&nw, from, 8);
+            atomic_store_explicit(slot, nw, memory_order_release);
+            continue;
+        }
+        uint64_t old = atomic_load_explicit(slot, memory_order_acquire);
+        do {
+            nw = old;
+            memcpy((uint8_t *)&nw + lo, from, hi - lo);
+        } while (!atomic_compare_exchange_weak_explicit(slot, &old, nw, memory_order_acq_rel,
+                                                        memory_order_acquire));
+    }
+}
+
+/*
+ * LOCK CMPXCHG of len (1, 2, 4, 8) naturally aligned bytes at off, compared and written in
+ * one atomic step on the word that holds them - as the hardware does, so that an accessed
+ * or dirty bit a walker sets in between makes the exchange fail instead of being lost.
+ * True when written; otherwise *expected holds the bytes found.
+ */
+static bool cmpxchg_word(uint8_t *page, unsigned off, uint64_t *expected, uint64_t desired,
+                         size_t len)
+{
+    _Atomic uint64_t *slot = (_Atomic uint64_t *)(void *)(page + (off & ~7u));
+    unsigned lo = off & 7u;
+    uint64_t old = atomic_load_explicit(slot, memory_order_acquire);
+    for (;;) {
+        uint64_t cur = 0, nw = old;
+        memcpy(&cur, (uint8_t *)&old + lo, len);
+        if (cur != *expected) {
+            *expected = cur;
+            return false;
+        }
+        memcpy((uint8_t *)&nw + lo, &desired, len);
+        if (atomic_compare_exchange_weak_explicit(slot, &old, nw, memory_order_acq_rel,
+                                                  memory_order_acquire))
+            return true;
+    }
+}
+
 static int emulate(mv_vcpu_t *v, mv_paddr_t gpa, const void *bytes, size_t len, bool cmp,
                    uint64_t *expected)
 {
@@ -521,16 +575,10 @@ static int emulate(mv_vcpu_t *v, mv_paddr_t gpa, const void *bytes, size_t len, 
         now.type == MV_P2M_RAM_RO || now.type == MV_P2M_RAM_SHARED) {
         rc = MV_EFAULT; /* removed or retyped between the fault and the write */
     } else if (cmp) {
-        uint64_t cur = 0;
-        memcpy(&cur, page + off, len);
-        if (cur != *expected) {
-            *expected = cur;
+        if (!cmpxchg_word(page, off, expected, *(const uint64_t *)bytes, len))
             rc = MV_EAGAIN;
-        } else {
-            memcpy(page + off, bytes, len);
-        }
     } else {
-        memcpy(page + off, bytes, len);
+        write_words(page, off, bytes, len);
     }
     if (!rc) {
         if (revalidate(s, gfn, (const uint64_t *)page, off / 8, (off + (unsigned)len - 1) / 8,
