@@ -403,8 +403,13 @@ MV_API int mv_shadow_page_fault(mv_vcpu_t *v, uint64_t gva, uint32_t error_code,
             return MV_EOPNOTSUPP; /* unsharing belongs to the sharing module */
         if (pe.type == MV_P2M_RAM_RO || !w.w)
             return fault_outcome(s, out, MV_SHADOW_EMULATE, 0, gpa);
-        if (pe.type == MV_P2M_RAM_LOGDIRTY && (rc = mv_p2m_write_fault(v->d, w.gfn)))
-            return rc;
+        if (pe.type == MV_P2M_RAM_LOGDIRTY && (rc = mv_p2m_write_fault(v->d, w.gfn))) {
+            if (rc == MV_ENOMEM || rc == MV_ESRCH)
+                return rc;
+            /* The entry changed since our lookup (ballooned out, retyped): the guest's
+             * retry faults again and meets what is there now. */
+            return fault_outcome(s, out, MV_SHADOW_FIXED, 0, 0);
+        }
     }
     if ((rc = mv__sh_topup(v)))
         return rc;
