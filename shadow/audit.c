@@ -1,5 +1,5 @@
 /*
- * shadow/audit.c - the shadow module's part of mv_host_audit(): I12 and I13.
+ * shadow/audit.c - the shadow module's part of mv_host_audit(): I12, I13 and I14.
  *
  * I12: a present shadow entry has a present guest entry behind it (table shadows), with no
  * more rights than the guest entry; a leaf maps the frame the p2m gives for its gfn, with
@@ -8,7 +8,9 @@
  * back in sync);
  * shadow frames are engine-owned. I13: the pool holds no more frames than its budget,
  * counts agree, every entry points at a live shadow, every vCPU root is live, and free
- * pool frames are zero (referenced by nothing).
+ * pool frames are zero (referenced by nothing). I14: while log-dirty is on, a leaf that
+ * lets the guest write a RAM page maps a gfn whose dirty bit is set (the p2m's bitmap,
+ * read as p2m/p2m_audit.c reads it for ram_rw entries), so peek-and-clean misses no write.
  */
 #include "shadow-internal.h"
 
@@ -31,6 +33,9 @@ static void audit_leaf(struct sh_domain *s, struct mv_audit_ctx *ac, const struc
         BAD(ac, "I12", "shadow-rights-beyond-p2m", sp->smfn, dom, pe.type, e);
     if ((e & X86E_RW) && mv__sh_gfn_protected(s, gfn))
         BAD(ac, "I12", "shadow-writable-page-table", sp->smfn, dom, gfn, e);
+    const struct mv_p2m *p = p2m_of(s->d);
+    if ((e & X86E_RW) && p2m_is_ram(pe.type) && p->logdirty && !mv__p2m_is_dirty(p, gfn))
+        BAD(ac, "I14", "shadow-writable-but-clean", sp->smfn, dom, gfn, e);
 }
 
 static void audit_page(struct sh_domain *s, struct mv_audit_ctx *ac, uint32_t pi)

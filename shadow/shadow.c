@@ -14,7 +14,9 @@
  * shadow (and so is write-protected): from then on every change to them comes through
  * mv_shadow_emulate_write, under the same lock.
  */
+#include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "shadow-internal.h"
 
@@ -305,17 +307,29 @@ static uint32_t get_shadow(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn
 }
 
 /*
- * Are the guest entries the walk read still there, accessed and dirty bits included?
- * (lock held) A guest that cleared A or D since our walk set it must see them set again
- * by the next access, so the shadow is not built from the older value: the access is
- * retried.
+ * Shadow every guest table on the walk's path (lock held, topup full; the root is the
+ * vCPU's). Making a shadow removes write access to its frame and flushes: once this
+ * returns, the path's tables change only through mv_shadow_emulate_write, under our lock.
+ */
+static void shadow_path(struct sh_domain *s, struct sh_vcpu *sv, const struct sh_walk *w)
+{
+    for (int l = 2; l >= w->leaf; l--)
+        (void)get_shadow(s, sv, w->tgfn[l], (unsigned)l + 1); /* the table read at level l */
+}
+
+/*
+ * Are the guest entries the walk read still there? (lock held, after shadow_path) Accessed
+ * and dirty bits may have been set since, by another walk, but not cleared: a leaf built
+ * from a dirty bit the guest has cleared again would let writes bypass its dirty tracking.
  */
 static bool walk_still_valid(struct sh_domain *s, const struct sh_walk *w)
 {
+    const uint64_t ad = X86E_A | X86E_D;
     for (int l = 3; l >= w->leaf; l--) {
         uint64_t e;
         unsigned idx = (unsigned)((w->va >> (12 + 9 * l)) & 511);
-        if (mv__sh_guest_entry(s->d, w->tgfn[l], idx, &e) || e != w->e[l])
+        if (mv__sh_guest_entry(s->d, w->tgfn[l], idx, &e) || ((e ^ w->e[l]) & ~ad) ||
+            (w->e[l] & ad & ~e))
             return false;
     }
     return true;
@@ -419,8 +433,13 @@ MV_API int mv_shadow_page_fault(mv_vcpu_t *v, uint64_t gva, uint32_t error_code,
         if (pe.type == MV_P2M_RAM_RO)
             return fault_outcome(s, out, MV_SHADOW_DENIED, 0, gpa);
         if (pe.type == MV_P2M_RAM_LOGDIRTY) {
-            if ((rc = mv_p2m_write_fault(v->d, w.gfn)))
-                return rc;
+            if ((rc = mv_p2m_write_fault(v->d, w.gfn))) {
+                if (rc == MV_ENOMEM || rc == MV_ESRCH)
+                    return rc;
+                /* The entry changed since our lookup (ballooned out, retyped): the guest's
+                 * retry faults again and meets what is there now. */
+                return fault_outcome(s, out, MV_SHADOW_FIXED, 0, 0);
+            }
             need = 0;
         }
     }
@@ -432,15 +451,24 @@ MV_API int mv_shadow_page_fault(mv_vcpu_t *v, uint64_t gva, uint32_t error_code,
         return rc;
     mv_spin_lock(&s->lock);
     uint32_t kind = MV_SHADOW_FIXED;
-    if (mv_p2m_in_progress(v->d) || !walk_still_valid(s, &w)) {
-        /* retry: a p2m change or a guest table write raced with us */
-    } else if (write && mv__sh_gfn_protected(s, w.gfn)) {
-        kind = MV_SHADOW_EMULATE;
+    if (mv_p2m_in_progress(v->d)) {
+        /* retry: a p2m change is in flight */
     } else {
-        build(s, sv, &w, nxe, gb);
-        /* Building may have shadowed the leaf's own frame (a self-map): emulate then. */
-        if (write && mv__sh_gfn_protected(s, w.gfn))
-            kind = MV_SHADOW_EMULATE;
+        /*
+         * The walk is checked again only once every table on its path is write-protected
+         * (Xen's shadow_check_gwalk runs after write access is removed, for the same
+         * reason): until the flush of a new table shadow completes, another vCPU may still
+         * write the table through a translation it holds, and a check made before would
+         * let a leaf be built from an entry the guest has already replaced.
+         */
+        shadow_path(s, sv, &w);
+        if (!walk_still_valid(s, &w)) {
+            /* retry: a guest table write raced with us */
+        } else if (write && mv__sh_gfn_protected(s, w.gfn)) {
+            kind = MV_SHADOW_EMULATE; /* the leaf's frame is a table, maybe of this path */
+        } else {
+            build(s, sv, &w, nxe, gb);
+        }
     }
     s->faults[kind]++;
     mv_spin_unlock(&s->lock);
@@ -509,6 +537,60 @@ bool mv__sh_revalidate(struct sh_domain *s, mv_gfn_t gfn, const uint64_t *gva_ta
     return changed;
 }
 
+/*
+ * Guest memory is written by whole aligned 8-byte words with atomic operations: walkers
+ * read guest entries and set their accessed and dirty bits (a compare-and-swap) with no
+ * lock held, so an entry must never be seen half written, and bytes of a word the write
+ * does not cover must keep whatever a walker put there meanwhile.
+ */
+static void write_words(uint8_t *page, unsigned off, const uint8_t *src, size_t len)
+{
+    for (unsigned w = off & ~7u; w < off + len; w += 8) {
+        _Atomic uint64_t *slot = (_Atomic uint64_t *)(void *)(page + w);
+        unsigned lo = w < off ? off - w : 0;
+        unsigned hi = off + len < w + 8 ? (unsigned)(off + len - w) : 8;
+        const uint8_t *from = src + (w + lo - off);
+        uint64_t nw;
+        if (lo == 0 && hi == 8) {
+            memcpy(&nw, from, 8);
+            atomic_store_explicit(slot, nw, memory_order_release);
+            continue;
+        }
+        uint64_t old = atomic_load_explicit(slot, memory_order_acquire);
+        do {
+            nw = old;
+            memcpy((uint8_t *)&nw + lo, from, hi - lo);
+        } while (!atomic_compare_exchange_weak_explicit(slot, &old, nw, memory_order_acq_rel,
+                                                        memory_order_acquire));
+    }
+}
+
+/*
+ * LOCK CMPXCHG of len (1, 2, 4, 8) naturally aligned bytes at off, compared and written in
+ * one atomic step on the word that holds them - as the hardware does, so that an accessed
+ * or dirty bit a walker sets in between makes the exchange fail instead of being lost.
+ * True when written; otherwise *expected holds the bytes found.
+ */
+static bool cmpxchg_word(uint8_t *page, unsigned off, uint64_t *expected, uint64_t desired,
+                         size_t len)
+{
+    _Atomic uint64_t *slot = (_Atomic uint64_t *)(void *)(page + (off & ~7u));
+    unsigned lo = off & 7u;
+    uint64_t old = atomic_load_explicit(slot, memory_order_acquire);
+    for (;;) {
+        uint64_t cur = 0, nw = old;
+        memcpy(&cur, (uint8_t *)&old + lo, len);
+        if (cur != *expected) {
+            *expected = cur;
+            return false;
+        }
+        memcpy((uint8_t *)&nw + lo, &desired, len);
+        if (atomic_compare_exchange_weak_explicit(slot, &old, nw, memory_order_acq_rel,
+                                                  memory_order_acquire))
+            return true;
+    }
+}
+
 static int emulate(mv_vcpu_t *v, mv_paddr_t gpa, const void *bytes, size_t len, bool cmp,
                    uint64_t *expected)
 {
@@ -541,16 +623,10 @@ static int emulate(mv_vcpu_t *v, mv_paddr_t gpa, const void *bytes, size_t len, 
     } else if (now.type == MV_P2M_RAM_RW && !(now.access & MV_P2M_W)) {
         rc = MV_EACCES;
     } else if (cmp) {
-        uint64_t cur = 0;
-        memcpy(&cur, page + off, len);
-        if (cur != *expected) {
-            *expected = cur;
+        if (!cmpxchg_word(page, off, expected, *(const uint64_t *)bytes, len))
             rc = MV_EAGAIN;
-        } else {
-            memcpy(page + off, bytes, len);
-        }
     } else {
-        memcpy(page + off, bytes, len);
+        write_words(page, off, bytes, len);
     }
     if (!rc) {
         const uint64_t *guest = (const uint64_t *)page;
@@ -750,30 +826,42 @@ MV_API int mv_shadow_set_budget(mv_domain_t *d, uint64_t frames)
     return 0;
 }
 
+/* The first layout of struct mv_shadow_stats ended here; later fields are filled if they fit. */
+#define SH_STATS_V1 (offsetof(struct mv_shadow_stats, zapped) + sizeof(uint64_t))
+
 MV_API int mv_shadow_stats(const mv_domain_t *d, struct mv_shadow_stats *st)
 {
     struct sh_domain *s = d ? sh_of(d) : NULL;
-    if (!s)
+    if (!s || !st)
         return MV_EINVAL;
-    int rc = mv__prepare_out(st, sizeof(*st));
+    size_t size;
+    memcpy(&size, st, sizeof(size));
+    /* A caller built against the first layout gets its fields, nothing past its size. */
+    size_t ours = size >= sizeof(*st) ? sizeof(*st) : SH_STATS_V1;
+    int rc = mv__prepare_out(st, ours);
     if (rc)
         return rc;
+    struct mv_shadow_stats all = {.size = size};
+    uint64_t owned = atomic_load_explicit(&d->pages, memory_order_relaxed);
     mv_spin_lock(&s->lock);
-    st->budget = s->budget;
-    st->pool_frames = s->pool_frames;
+    all.budget = s->budget;
+    all.pool_frames = s->pool_frames;
     for (unsigned t = 0; t < SH_NR_TYPES; t++)
-        st->shadows[t] = s->by_type[t];
+        all.shadows[t] = s->by_type[t];
     for (unsigned k = 0; k < MV_SHADOW_NR_KINDS; k++)
-        st->faults[k] = s->faults[k];
-    st->emulated_writes = s->emulated;
-    st->evictions = s->evictions;
-    st->zapped = s->zapped;
-    st->oos_pages = s->noos;
-    st->unsyncs = s->unsyncs;
-    st->resyncs = s->resyncs;
-    st->resync_fixed = s->resync_fixed;
-    st->unshadowed_early = s->unshadowed_early;
-    st->unshadowed_freed = s->unshadowed_freed;
+        all.faults[k] = s->faults[k];
+    all.emulated_writes = s->emulated;
+    all.evictions = s->evictions;
+    all.zapped = s->zapped;
+    all.oos_pages = s->noos;
+    all.unsyncs = s->unsyncs;
+    all.resyncs = s->resyncs;
+    all.resync_fixed = s->resync_fixed;
+    all.unshadowed_early = s->unshadowed_early;
+    all.unshadowed_freed = s->unshadowed_freed;
+    uint64_t bytes = s->pool_frames * (MV_PAGE_SIZE + SH_ENTRIES * sizeof(struct sh_node));
     mv_spin_unlock(&s->lock);
+    all.bytes_per_gib = owned ? bytes * ((1ull << 30) >> MV_PAGE_SHIFT) / owned : 0;
+    memcpy(st, &all, ours);
     return 0;
 }

@@ -2,9 +2,12 @@
  * tests/test_shadow.c - shadow paging: hand-built guest tables in guest memory, faults and
  * their exact error codes, shadows checked by a small walker over the shadow tables,
  * emulated PTE writes, p2m changes zapping shadow leaves, the pool under pressure, and the
- * hostile classes (wide and page-crossing writes, the target removed before the write).
- * Every scenario ends with a clean audit.
+ * hostile classes (wide and page-crossing writes, the target removed before the write),
+ * log-dirty's re-protection of shadow leaves (I14), the statistics. Every scenario ends with
+ * a clean audit.
  */
+#include <stdatomic.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "harness.h"
@@ -592,6 +595,136 @@ static void test_refusals(void **state)
     kill_dom(d);
 }
 
+/*
+ * I14 for shadow leaves: peek-and-clean takes write access away from every shadow leaf of
+ * the pages it cleans, so the guest's next write to each faults, is logged and shows up in
+ * the next round; and a writable leaf onto a page whose dirty bit is clear is what the
+ * audit reports.
+ */
+static void test_logdirty_reprotects(void **state)
+{
+    (void)state;
+    mv_domain_t *d = make_dom(10);
+    build_tree(d);
+    mv_vcpu_t *v[2] = {mv_domain_vcpu(d, 0), mv_domain_vcpu(d, 1)};
+    mv_paddr_t root, root1;
+    assert_int_equal(mv_shadow_set_cr3(v[0], G_L4 << 12, &root), 0);
+    assert_int_equal(mv_shadow_set_cr3(v[1], G_L4 << 12, &root1), 0);
+    assert_int_equal(root, root1);
+    assert_int_equal(mv_p2m_logdirty_enable(d), 0);
+    uint64_t bm[4096 / 64], done, dirty;
+    assert_int_equal(mv_p2m_logdirty_peek_and_clean(d, 0, 4096, bm, 4096, &done, &dirty), 0);
+    for (unsigned round = 0; round < 4; round++) {
+        struct mv_shadow_stats st0 = {.size = sizeof(st0)}, st1 = {.size = sizeof(st1)};
+        assert_int_equal(mv_shadow_stats(d, &st0), 0);
+        unsigned nwritten = 0;
+        for (unsigned i = 0; i < 8; i++) {
+            if ((i + round) % 3 == 0)
+                continue;
+            /* The hardware: a fault only when the leaf does not allow the write. */
+            uint64_t va = VA_BASE + i * 4096ull;
+            if (!swalk(root, va).w)
+                assert_int_equal(fault(v[i & 1], va, MV_PFEC_W, 0, NULL), MV_SHADOW_FIXED);
+            struct sw r = swalk(root, va);
+            assert_true(r.present && r.w);
+            __atomic_store_n((uint64_t *)mv_frame_va(h, r.mfn), round + 1, __ATOMIC_RELAXED);
+            nwritten++;
+        }
+        /* Every write faulted once: the previous clean had re-protected every leaf. */
+        assert_int_equal(mv_shadow_stats(d, &st1), 0);
+        assert_int_equal(st1.faults[MV_SHADOW_FIXED] - st0.faults[MV_SHADOW_FIXED], nwritten);
+        th_assert_audit_clean(h); /* writable leaves, each onto a dirty page */
+        assert_int_equal(mv_p2m_logdirty_peek_and_clean(d, 0, 4096, bm, 4096, &done, &dirty), 0);
+        for (unsigned i = 0; i < 8; i++) {
+            mv_gfn_t g = 16 + i;
+            assert_int_equal((bm[g / 64] >> (g % 64)) & 1, (i + round) % 3 != 0);
+            assert_false(swalk(root, VA_BASE + i * 4096ull).w);
+        }
+        th_assert_audit_clean(h);
+    }
+
+    /* The check itself: a writable leaf onto gfn 16, then its dirty bit lost. */
+    assert_int_equal(fault(v[0], VA_BASE, MV_PFEC_W, 0, NULL), MV_SHADOW_FIXED);
+    assert_true(swalk(root, VA_BASE).w);
+    th_assert_audit_clean(h);
+    struct mv_p2m *p = p2m_of(d);
+    _Atomic uint64_t *words = (_Atomic uint64_t *)mv_frame_va(h, p->ld_dir[16 / LD_CHUNK_GFNS]);
+    uint64_t bit = 1ull << (16 % 64);
+    atomic_fetch_and(&words[(16 % LD_CHUNK_GFNS) / 64], ~bit);
+    assert_true(th_audit_has(h, "shadow-writable-but-clean"));
+    atomic_fetch_or(&words[(16 % LD_CHUNK_GFNS) / 64], bit);
+    th_assert_audit_clean(h);
+    assert_int_equal(mv_p2m_logdirty_disable(d), 0);
+    kill_dom(d);
+}
+
+static uint64_t owned_pages(mv_domain_t *d)
+{
+    struct mv_domain_stats ds = {.size = sizeof(ds)};
+    assert_int_equal(mv_domain_stats(d, &ds), 0);
+    return ds.pages;
+}
+
+/* bytes_per_gib: pool frames and their entry metadata over the guest memory owned. */
+static void test_bytes_per_gib(void **state)
+{
+    (void)state;
+    mv_domain_t *d = make_dom(11);
+    struct mv_shadow_stats st = {.size = sizeof(st)};
+    assert_int_equal(mv_shadow_stats(d, &st), 0);
+    assert_int_equal(st.pool_frames, 0);
+    assert_int_equal(st.bytes_per_gib, 0);
+    build_tree(d);
+    mv_vcpu_t *v = mv_domain_vcpu(d, 0);
+    mv_paddr_t root;
+    assert_int_equal(mv_shadow_set_cr3(v, G_L4 << 12, &root), 0);
+    for (unsigned i = 0; i < 64; i++)
+        assert_int_equal(fault(v, VA_BASE + i * 4096ull, 0, 0, NULL), MV_SHADOW_FIXED);
+    const uint64_t per_frame = 4096 + 512 * sizeof(struct sh_node);
+    assert_int_equal(mv_shadow_stats(d, &st), 0);
+    assert_true(st.pool_frames > 0);
+    assert_int_equal(owned_pages(d), 4096);
+    /* 16 MiB of guest: a GiB is 64 times as much. */
+    assert_int_equal(st.bytes_per_gib, st.pool_frames * per_frame * 64);
+    /* Those bytes are charged to the domain as overhead. */
+    struct mv_domain_stats ds = {.size = sizeof(ds)};
+    assert_int_equal(mv_domain_stats(d, &ds), 0);
+    assert_true(ds.overhead_pages * 4096 + ds.overhead_bytes >= st.pool_frames * per_frame);
+
+    /* The same pool over half the memory: twice the bytes per GiB. */
+    uint64_t done;
+    for (mv_gfn_t g = 2048; g < 4096; g += 512)
+        assert_int_equal(mv_decrease_reservation(d, &g, 1, 9, &done), 0);
+    struct mv_shadow_stats st2 = {.size = sizeof(st2)};
+    assert_int_equal(mv_shadow_stats(d, &st2), 0);
+    assert_int_equal(st2.pool_frames, st.pool_frames);
+    assert_int_equal(st2.bytes_per_gib, 2 * st.bytes_per_gib);
+
+    /* A caller that knows the first layout only: its fields, nothing past its size. */
+    union {
+        struct mv_shadow_stats st;
+        uint8_t raw[sizeof(struct mv_shadow_stats)];
+    } old;
+    memset(&old, 0xa5, sizeof(old));
+    old.st.size = offsetof(struct mv_shadow_stats, bytes_per_gib);
+    assert_int_equal(mv_shadow_stats(d, &old.st), 0);
+    assert_int_equal(old.st.pool_frames, st.pool_frames);
+    assert_int_equal(old.st.budget, st.budget);
+    assert_int_equal(old.st.bytes_per_gib, 0xa5a5a5a5a5a5a5a5ull);
+    old.st.size = offsetof(struct mv_shadow_stats, zapped);
+    assert_int_equal(mv_shadow_stats(d, &old.st), MV_EINVAL);
+    assert_int_equal(mv_shadow_stats(d, NULL), MV_EINVAL);
+
+    /* Owning nothing: 0, however big the pool. */
+    for (mv_gfn_t g = 0; g < 2048; g += 512)
+        assert_int_equal(mv_decrease_reservation(d, &g, 1, 9, &done), 0);
+    assert_int_equal(owned_pages(d), 0);
+    assert_int_equal(mv_shadow_stats(d, &st2), 0);
+    assert_true(st2.pool_frames > 0);
+    assert_int_equal(st2.bytes_per_gib, 0);
+    kill_dom(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -605,6 +738,8 @@ int main(void)
         cmocka_unit_test(test_p2m_changes_zap),
         cmocka_unit_test(test_pool_pressure),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_logdirty_reprotects),
+        cmocka_unit_test(test_bytes_per_gib),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

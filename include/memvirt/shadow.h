@@ -107,6 +107,11 @@ MV_API int mv_shadow_gva_to_gpa(mv_vcpu_t *v, uint64_t gva, uint32_t error_code,
  */
 MV_API int mv_shadow_set_budget(mv_domain_t *d, uint64_t frames);
 
+/*
+ * Size-versioned: fields are only ever appended. A caller built before a field existed
+ * passes the smaller size it knows and gets the fields that fit (the oldest layout ends
+ * with `zapped`); a smaller size than that is MV_EINVAL.
+ */
 struct mv_shadow_stats {
     size_t size;
     uint64_t budget;           /* pool frames allowed */
@@ -116,6 +121,9 @@ struct mv_shadow_stats {
     uint64_t emulated_writes;
     uint64_t evictions;
     uint64_t zapped;           /* leaves removed by p2m changes and INVLPG */
+    /* Shadow bytes (pool frames, 4 KiB each, plus their per-entry metadata) per GiB of
+     * guest memory the domain owns; 0 when it owns none. */
+    uint64_t bytes_per_gib;
     /* Out-of-sync L1s: out of sync now, times unsynced and resynced, and the entries the
      * resyncs fixed (each was at least one guest write that did not trap). */
     uint64_t oos_pages, unsyncs, resyncs, resync_fixed;
