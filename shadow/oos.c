@@ -8,9 +8,10 @@
  * records it in its out-of-sync list, with a snapshot of the guest frame, and the guest's
  * later writes to it go straight to memory. The shadow L1 may then lag behind the guest
  * table, as a TLB may lag behind memory, and x86 lets it until the guest invalidates:
- * at every CR3 load, INVLPG and flush of any vCPU (and before the frame serves as a table
- * of another level, or when a vCPU's list is full) the out-of-sync L1s are brought back in
- * sync. Resync first write-protects the frame and flushes every vCPU, so that no write
+ * at every CR3 load and full flush of any vCPU (and before the frame serves as a table of
+ * another level, before a walk links it anew, or when a vCPU's list is full) the
+ * out-of-sync L1s are brought back in sync; INVLPG drops the one leaf it names, which the
+ * next access rebuilds from the guest's entry. Resync first write-protects the frame and flushes every vCPU, so that no write
  * can land behind it, then revalidates exactly the entries that differ from the snapshot.
  * A fault in between reads the guest's current entries and fixes the one it needs.
  * While a resync runs, every out-of-sync frame counts as protected: an entry it
@@ -22,7 +23,9 @@
  * written SH_UNSHADOW_WRITES times while no walk used any of its shadows is taken to be a
  * page table no longer, and an emulated write or a resync that leaves a guest table with
  * no present entry (munmap, exit) drops it; either way its shadows go and are rebuilt if
- * the guest walks it again.
+ * the guest walks it again. A root cannot go while a vCPU runs on it: an L4 whose lower
+ * (user) half the guest emptied is marked, and dropped when its vCPUs load another CR3
+ * (a process that exited); a guest whose kernel lives low only loses a warm root.
  */
 #include <string.h>
 
@@ -142,47 +145,92 @@ static void settle(struct sh_domain *s, uint32_t pi, unsigned fixed, bool may_dr
     }
 }
 
-bool mv__sh_resync_all(struct sh_domain *s, bool nxe, bool gb)
+/*
+ * Resync the pages pis[0..n) (lock held, all out of sync): write-protect them all, one
+ * flush, then revalidate each. may_drop: an L1 the guest emptied goes (else it stays: the
+ * caller holds an index to it).
+ */
+static void resync_set(struct sh_domain *s, const uint32_t *pis, unsigned n, bool nxe, bool gb,
+                       bool may_drop)
 {
-    mv__assert_held(&s->lock);
-    if (!s->noos)
-        return false;
+    if (!n)
+        return;
+    for (unsigned k = 0; k < n; k++)
+        mv__sh_write_protect(s, s->pages[pis[k]].gfn);
+    mv__sh_flush_all(s); /* no vCPU still holds a writable translation of those frames */
+    bool dropped = false, was = s->resyncing;
+    s->resyncing = true;
+    for (unsigned k = 0; k < n; k++)
+        s->set_fixed[k] = sync_entries(s, pis[k], nxe, gb);
+    s->resyncing = was;
+    for (unsigned k = 0; k < n; k++)
+        settle(s, pis[k], s->set_fixed[k], may_drop, &dropped);
+    if (dropped)
+        mv__sh_flush_all(s); /* before the dropped shadows' frames serve again (I13) */
+}
+
+/* Every out-of-sync page for which keep(ctx, pi) holds, into pis; the count. */
+static unsigned collect(struct sh_domain *s, uint32_t *pis,
+                        bool (*keep)(struct sh_domain *, uint32_t, uint32_t), uint32_t arg)
+{
+    unsigned n = 0;
     mv_domain_t *d = s->d;
     for (uint32_t i = 0; i < d->nr_vcpus; i++) {
         struct sh_vcpu *sv = shv_of(d->vcpu[i]);
         for (unsigned k = 0; k < sv->noos; k++)
-            mv__sh_write_protect(s, s->pages[sv->oos[k]].gfn);
+            if (!keep || keep(s, sv->oos[k], arg))
+                pis[n++] = sv->oos[k];
     }
-    mv__sh_flush_all(s); /* no vCPU still holds a writable translation of those frames */
-    bool dropped = false;
-    s->resyncing = true;
-    for (uint32_t i = 0; i < d->nr_vcpus; i++) {
-        struct sh_vcpu *sv = shv_of(d->vcpu[i]);
-        while (sv->noos) {
-            uint32_t pi = sv->oos[0];
-            settle(s, pi, sync_entries(s, pi, nxe, gb), true, &dropped);
-        }
+    return n;
+}
+
+/*
+ * Does a walk from `top` reach `pi`? Searched upward from pi through the parent lists
+ * (the entries that point at each shadow), each page visited once. A search that would
+ * visit more than SH_REACH_BUDGET pages (a guest sharing tables widely) answers yes:
+ * resyncing more than needed is always allowed.
+ */
+#define SH_REACH_BUDGET 64u
+
+static bool reaches_up(struct sh_domain *s, uint32_t pi, uint32_t top, unsigned *budget)
+{
+    if (pi == top)
+        return true;
+    if (s->pages[pi].mark == s->mark_gen)
+        return false;
+    s->pages[pi].mark = s->mark_gen;
+    if (!(*budget)--)
+        return true;
+    for (uint32_t r = s->pages[pi].up; r != SH_NIL; r = s->pages[r >> 9].nodes[r & 511].next)
+        if (reaches_up(s, r >> 9, top, budget))
+            return true;
+    return false;
+}
+
+static bool below(struct sh_domain *s, uint32_t pi, uint32_t top)
+{
+    unsigned budget = SH_REACH_BUDGET;
+    if (++s->mark_gen == 0) { /* wrapped: no page may keep a stale mark */
+        for (uint32_t k = 0; k < s->budget; k++)
+            s->pages[k].mark = 0;
+        s->mark_gen = 1;
     }
-    s->resyncing = false;
-    if (dropped)
-        mv__sh_flush_all(s); /* before the dropped shadows' frames serve again (I13) */
-    return true;
+    return reaches_up(s, pi, top, &budget);
+}
+
+void mv__sh_resync_below(struct sh_domain *s, uint32_t top, bool nxe, bool gb, bool may_drop)
+{
+    mv__assert_held(&s->lock);
+    if (!s->noos)
+        return;
+    resync_set(s, s->set, collect(s, s->set, below, top), nxe, gb, may_drop);
 }
 
 void mv__sh_resync_one(struct sh_domain *s, uint32_t pi, bool nxe, bool gb, bool may_drop)
 {
     mv__assert_held(&s->lock);
-    if (!s->pages[pi].oos)
-        return;
-    mv__sh_write_protect(s, s->pages[pi].gfn);
-    mv__sh_flush_all(s);
-    bool dropped = false, was = s->resyncing;
-    s->resyncing = true;
-    unsigned fixed = sync_entries(s, pi, nxe, gb);
-    s->resyncing = was;
-    settle(s, pi, fixed, may_drop, &dropped);
-    if (dropped)
-        mv__sh_flush_all(s);
+    if (s->pages[pi].oos)
+        resync_set(s, &pi, 1, nxe, gb, may_drop);
 }
 
 /* Drop every shadow of gfn that no vCPU holds as a root (lock held). */
@@ -226,6 +274,13 @@ void mv__sh_after_write(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn,
         if (unshadow_gfn(s, gfn))
             s->unshadowed_freed++;
         return;
+    }
+    uint32_t l4 = mv__sh_lookup(s, gfn, SH_L4);
+    if (cleared && l4 != SH_NIL) {
+        bool user = false;
+        for (unsigned i = 0; i < SH_ENTRIES / 2 && !user; i++)
+            user = (sh_read(&guest[i]) & X86E_P) != 0;
+        s->pages[l4].dead_root = !user;
     }
     if (idle) {
         if (unshadow_gfn(s, gfn))

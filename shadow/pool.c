@@ -158,6 +158,7 @@ uint32_t mv__sh_create(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn, un
     sp->gmfn = gmfn;
     sp->pins = 0;
     sp->oos = 0;
+    sp->dead_root = false;
     sp->writes = sp->idle_writes = 0;
     sp->up = SH_NIL;
     atomic_store_explicit(&mv__frame(s->d->h, sp->smfn)->owner, MV_OWNER_INTERNAL,

@@ -66,6 +66,8 @@ struct sh_page {
     uint16_t oos;            /* L1 out of sync: 1 + the vCPU whose list holds it; 0: in sync */
     uint16_t writes;         /* emulated writes to the frame since shadowed or resynced */
     uint16_t idle_writes;    /* ... since a walk last used this shadow */
+    uint32_t mark;           /* reachability searches (oos.c): visited when == mark_gen */
+    bool dead_root;          /* L4 whose user half the guest emptied: dropped when left */
     uint32_t hnext;          /* hash chain */
     uint32_t up;             /* first node of the parent list */
     uint32_t lru_prev, lru_next;
@@ -91,6 +93,8 @@ struct sh_domain {
     uint32_t oos_budget;          /* out-of-sync L1s per vCPU (0: none) */
     uint32_t noos;                /* out of sync now, all vCPUs */
     bool resyncing;               /* out-of-sync frames count as protected meanwhile */
+    uint32_t *set, *set_fixed;    /* [nr_vcpus * oos_budget]: a resync's pages, entries fixed */
+    uint32_t mark_gen;
     /* statistics */
     uint64_t by_type[SH_NR_TYPES];
     uint64_t faults[MV_SHADOW_NR_KINDS];
@@ -182,7 +186,7 @@ void mv__sh_free_all(struct sh_domain *s);
 /* Writes to a frame not used as a page table meanwhile before its shadows go. */
 #define SH_UNSHADOW_WRITES 16u
 /* Emulated writes to an L1 before it is left writable (out of sync). */
-#define SH_UNSYNC_WRITES 2u
+#define SH_UNSYNC_WRITES 1u
 
 /* Must writes to gfn trap? (a guest page table not tracked out of sync) */
 bool mv__sh_gfn_protected(struct sh_domain *s, mv_gfn_t gfn);
@@ -193,8 +197,12 @@ bool mv__sh_gfn_protected(struct sh_domain *s, mv_gfn_t gfn);
  */
 void mv__sh_after_write(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn,
                         const uint64_t *guest, bool cleared);
-/* Bring every out-of-sync L1 back in sync (lock held); true when a shadow changed. */
-bool mv__sh_resync_all(struct sh_domain *s, bool nxe, bool gb);
+/*
+ * Bring back in sync the out-of-sync L1s a walk from shadow `top` reaches (`top` included):
+ * at a CR3 load (top: the new root), a full flush (the current root) and when a walk
+ * links `top` under an entry that did not point to it.
+ */
+void mv__sh_resync_below(struct sh_domain *s, uint32_t top, bool nxe, bool gb, bool may_drop);
 /*
  * The same for one page: before its frame serves as another type, when a vCPU's list is
  * full, and before a walk links it under an upper entry that did not point to it (the

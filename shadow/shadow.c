@@ -86,8 +86,8 @@ uint64_t mv__sh_propagate(struct sh_domain *s, unsigned lv, uint64_t e, bool nxe
     uint32_t ci = mv__sh_lookup(s, cg, ct);
     if (ci == SH_NIL)
         return 0; /* built on demand by the next fault */
-    if (s->pages[ci].oos) /* about to be linked here, maybe anew */
-        mv__sh_resync_one(s, ci, nxe, gb, false);
+    if (s->noos) /* about to be linked here, maybe anew */
+        mv__sh_resync_below(s, ci, nxe, gb, false);
     *key = ci;
     return upper_entry(&s->pages[ci], e, nxe);
 }
@@ -152,6 +152,9 @@ static void sh_domain_free(mv_domain_t *d)
         mv__meta_free(h, sv, sizeof(struct sh_vcpu));
         d->vcpu[i]->mod[MV_MOD_SHADOW] = NULL;
     }
+    size_t set_bytes = (size_t)d->nr_vcpus * s->oos_budget * sizeof(uint32_t);
+    mv__meta_free(h, s->set, set_bytes);
+    mv__meta_free(h, s->set_fixed, set_bytes);
     free_arrays(h, s);
     mv__meta_free(h, s, sizeof(*s));
     d->mod[MV_MOD_SHADOW] = NULL;
@@ -174,6 +177,12 @@ static int sh_domain_init(mv_domain_t *d)
     uint64_t budget = d->shadow_pool_pages ? d->shadow_pool_pages
                                            : 256 + SH_FLOOR_PER_VCPU * d->nr_vcpus;
     int rc = alloc_arrays(h, s, (uint32_t)budget);
+    /* Out-of-sync state: a snapshot per slot of each vCPU, and one resync's working set. */
+    size_t set_bytes = (size_t)d->nr_vcpus * s->oos_budget * sizeof(uint32_t);
+    size_t oos_bytes = 2 * set_bytes + (size_t)d->nr_vcpus * s->oos_budget * MV_PAGE_SIZE;
+    if (!rc && s->oos_budget && (!(s->set = mv__meta_alloc(h, set_bytes)) ||
+                                 !(s->set_fixed = mv__meta_alloc(h, set_bytes))))
+        rc = MV_ENOMEM;
     for (uint32_t i = 0; !rc && i < d->nr_vcpus; i++) {
         struct sh_vcpu *sv = mv__meta_alloc(h, sizeof(*sv));
         if (!sv) {
@@ -200,7 +209,8 @@ static int sh_domain_init(mv_domain_t *d)
     if (rc)
         sh_domain_free(d);
     else
-        atomic_fetch_add_explicit(&d->overhead_bytes, sizeof(*s), memory_order_relaxed);
+        atomic_fetch_add_explicit(&d->overhead_bytes, sizeof(*s) + oos_bytes,
+                                  memory_order_relaxed);
     return rc;
 }
 
@@ -243,8 +253,30 @@ static bool gb_of(const mv_vcpu_t *v) { return (v->state.flags & MV_VCPUF_GBPAGE
 /* ---- CR3 -------------------------------------------------------------------------------- */
 
 /* Make pi the vCPU's current root, pinned among its recent roots (lock held). */
+/* The vCPU leaves root `old` for another: a root marked dead (oos.c) goes. */
+static void leave_root(struct sh_domain *s, struct sh_vcpu *sv, uint32_t old)
+{
+    if (old == SH_NIL || !s->pages[old].dead_root)
+        return;
+    unsigned k;
+    for (k = 0; k < SH_ROOTS && sv->roots[k] != old; k++)
+        ;
+    if (k == SH_ROOTS)
+        return;
+    for (; k + 1 < SH_ROOTS; k++)
+        sv->roots[k] = sv->roots[k + 1];
+    sv->roots[SH_ROOTS - 1] = SH_NIL;
+    if (--s->pages[old].pins)
+        return; /* another vCPU still runs on it */
+    mv__sh_unshadow(s, old);
+    mv__sh_flush_all(s); /* before its frame serves again (I13) */
+    s->unshadowed_freed++;
+}
+
 static void use_root(struct sh_domain *s, struct sh_vcpu *sv, uint32_t pi)
 {
+    if (sv->cur != pi)
+        leave_root(s, sv, sv->cur);
     unsigned k;
     for (k = 0; k < SH_ROOTS && sv->roots[k] != pi; k++)
         ;
@@ -277,11 +309,13 @@ MV_API int mv_shadow_set_cr3(mv_vcpu_t *v, uint64_t guest_cr3, mv_paddr_t *root)
         return rc;
     struct sh_vcpu *sv = shv_of(v);
     mv_spin_lock(&s->lock);
-    mv__sh_resync_all(s, nxe_of(v), gb_of(v)); /* a CR3 load is a resync point */
     uint32_t pi = mv__sh_lookup(s, gfn, SH_L4);
     if (pi == SH_NIL)
         pi = mv__sh_create(s, sv, gfn, SH_L4, pe.mfn);
     use_root(s, sv, pi);
+    /* A CR3 load invalidates every translation of the vCPU: what the new root reaches is
+     * brought in sync (out-of-sync L1s it does not reach may stay stale). */
+    mv__sh_resync_below(s, pi, nxe_of(v), gb_of(v), true);
     sv->cr3 = guest_cr3;
     *root = s->pages[pi].smfn << MV_PAGE_SHIFT;
     mv_spin_unlock(&s->lock);
@@ -346,11 +380,10 @@ static void build(struct sh_domain *s, struct sh_vcpu *sv, const struct sh_walk 
         mv_gfn_t cg;
         unsigned ct = child_of((unsigned)l, w->e[l], &cg);
         uint32_t ci = get_shadow(s, sv, cg, ct);
-        /* An out-of-sync L1 linked anew is brought in sync first (see oos.c). */
+        /* Out-of-sync L1s linked anew are brought in sync first (see oos.c). */
         const uint64_t *pt = sh_table(s, &s->pages[pi]);
-        if (s->pages[ci].oos &&
-            !((sh_read(&pt[idx]) & X86E_P) && s->pages[pi].nodes[idx].key == ci))
-            mv__sh_resync_one(s, ci, nxe, gb, false);
+        if (s->noos && !((sh_read(&pt[idx]) & X86E_P) && s->pages[pi].nodes[idx].key == ci))
+            mv__sh_resync_below(s, ci, nxe, gb, false);
         mv__sh_set(s, pi, idx, upper_entry(&s->pages[ci], w->e[l], nxe), ci);
         pi = ci;
     }
@@ -694,7 +727,11 @@ MV_API int mv_shadow_invlpg(mv_vcpu_t *v, uint64_t gva)
         return rc;
     struct sh_vcpu *sv = shv_of(v);
     mv_spin_lock(&s->lock);
-    mv__sh_resync_all(s, nxe_of(v), gb_of(v)); /* INVLPG is a resync point */
+    /*
+     * The leaf for gva goes, in sync or not: the next access rebuilds it from the guest's
+     * entry as it is now, which is all INVLPG promises (other out-of-sync entries may stay
+     * stale until their own invalidation; upper shadows are never out of sync).
+     */
     uint32_t pi = sv->cur;
     for (int l = 3; pi != SH_NIL; l--) {
         struct sh_page *sp = &s->pages[pi];
@@ -727,7 +764,9 @@ MV_API int mv_shadow_flush(mv_vcpu_t *v)
     if (rc)
         return rc;
     mv_spin_lock(&s->lock);
-    mv__sh_resync_all(s, nxe_of(v), gb_of(v)); /* a flush is a resync point */
+    struct sh_vcpu *sv = shv_of(v);
+    if (sv->cur != SH_NIL) /* what the vCPU's root reaches is brought in sync */
+        mv__sh_resync_below(s, sv->cur, nxe_of(v), gb_of(v), true);
     mv_spin_unlock(&s->lock);
     struct mv_flush_request req = {.domid = (mv_domid_t)v->d->domid,
                                    .scope = MV_FLUSH_LINEAR_ALL, .nr_vcpus = v->d->nr_vcpus};

@@ -25,6 +25,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "sim-internal.h"
 
@@ -97,14 +98,23 @@ void mv__sim_guest_exit(struct mv_sim_vcpu *sv)
     atomic_store_explicit(&sv->mode, SIM_OUTSIDE, memory_order_release);
 }
 
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 void mv__sim_engine_begin(struct mv_sim_vcpu *sv)
 {
+    sv->engine_t0 = now_ns();
     if (sv->s->threaded && sv->depth)
         atomic_store_explicit(&sv->mode, SIM_OUTSIDE, memory_order_release);
 }
 
 void mv__sim_engine_end(struct mv_sim_vcpu *sv)
 {
+    sv->st.engine_ns += now_ns() - sv->engine_t0;
     if (!sv->s->threaded)
         return;
     if (sv->depth)

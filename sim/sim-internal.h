@@ -87,6 +87,7 @@ struct mv_sim_vcpu {
     _Atomic uint32_t mode;
     _Atomic uint32_t req;
     uint32_t depth;
+    uint64_t engine_t0; /* when the current engine call began */
     struct sim_tlb tlb;
 };
 
@@ -121,7 +122,7 @@ uint64_t mv__sim_tlbe_va(unsigned size, const struct sim_tlbe *e);
  * machine.c, threaded mode. Guest code (a translation and the access it serves) runs
  * between guest_enter and guest_exit, which nest; an engine call made from guest code is
  * bracketed by engine_begin/engine_end (the vCPU is then outside guest code and never
- * waited for). Pending requests are handled at entry, after every engine call and at
+ * waited for; the time between them is counted as engine time, in any mode). Pending requests are handled at entry, after every engine call and at
  * every poll, on the vCPU's own thread. All of these do nothing unless threaded.
  */
 void mv__sim_guest_enter(struct mv_sim_vcpu *sv);

@@ -177,6 +177,7 @@ struct mv_sim_vcpu_stats {
     /* VM exits a real vCPU would take: EPT violations (HAP); page faults, CR3 loads,
      * INVLPG and flushes trapped to the shadow module (shadow). */
     uint64_t exits;
+    uint64_t engine_ns; /* time spent in the engine's handlers of those exits */
 };
 void mv_sim_vcpu_stats(const mv_sim_vcpu_t *sv, struct mv_sim_vcpu_stats *st);
 

@@ -570,9 +570,10 @@ static void workload_report(FILE *f, const struct options *o, const struct dom_r
             for (unsigned k = 0; k < MV_SIM_GF_NR; k++)
                 fprintf(f, "\"%s\": %llu, ", mv_sim_guest_fault_name(k),
                         (unsigned long long)d->g.faults[k]);
-            fprintf(f, "\"oom_kills\": %llu, \"page_faults\": %llu, \"ept_violations\": %llu},\n",
+            fprintf(f, "\"oom_kills\": %llu, \"page_faults\": %llu, \"ept_violations\": %llu, "
+                       "\"vm_exits\": %llu},\n",
                     (unsigned long long)d->oom, (unsigned long long)d->v.page_faults,
-                    (unsigned long long)d->v.ept_violations);
+                    (unsigned long long)d->v.ept_violations, (unsigned long long)d->v.exits);
             fprintf(f, "   \"pages\": {\"guest\": %llu, \"in_use\": %llu, \"page_tables\": %llu, "
                        "\"zero\": %llu, \"pool\": %llu, \"unique\": %llu, \"owned\": %llu, "
                        "\"overhead\": %llu},\n",
@@ -614,8 +615,8 @@ static void workload_report(FILE *f, const struct options *o, const struct dom_r
         fprintf(f, "\n  faults     ");
         for (unsigned k = 0; k < MV_SIM_GF_NR; k++)
             fprintf(f, " %s=%llu", mv_sim_guest_fault_name(k), (unsigned long long)d->g.faults[k]);
-        fprintf(f, " oom=%llu ept=%llu\n", (unsigned long long)d->oom,
-                (unsigned long long)d->v.ept_violations);
+        fprintf(f, " oom=%llu ept=%llu vm_exits=%llu\n", (unsigned long long)d->oom,
+                (unsigned long long)d->v.ept_violations, (unsigned long long)d->v.exits);
         fprintf(f, "  pages       %llu of %llu in use, %llu page tables; filled zero=%llu pool=%llu "
                    "unique=%llu\n",
                 (unsigned long long)(d->g.pages_total - d->g.pages_free),

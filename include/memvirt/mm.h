@@ -97,7 +97,7 @@ enum mv_paging_mode {
 #define MV_SHADOW_FLOOR_PER_VCPU 16u
 #define MV_SHADOW_POOL_MAX (1u << 22)
 /* Out-of-sync L1 shadows a vCPU may have: the default and the most. */
-#define MV_SHADOW_OOS_DEFAULT 3u
+#define MV_SHADOW_OOS_DEFAULT 6u
 #define MV_SHADOW_OOS_MAX 64u
 
 struct mv_domain_config {
@@ -110,7 +110,7 @@ struct mv_domain_config {
     uint32_t node_affinity;  /* the node frames come from, or MV_NODE_ANY */
     uint32_t flags;          /* MV_DOMF_* */
     uint32_t phys_bits;      /* guest physical-address width, 32..52; 0: 40 */
-    uint32_t shadow_oos_pages; /* shadow: out-of-sync L1s per vCPU, 0: the default (3),
+    uint32_t shadow_oos_pages; /* shadow: out-of-sync L1s per vCPU, 0: the default (6),
                                 * at most MV_SHADOW_OOS_MAX; MV_DOMF_SHADOW_SYNC: none */
     /* Shadow paging: the shadow pool's budget in frames; 0: 256 + 16 per vCPU. At least
      * 16 per vCPU (its roots, a full path and working room), at most 4 Mi. */
