@@ -95,7 +95,13 @@ static int check_config(mv_host_t *h, const struct mv_domain_config *c)
         return MV_EINVAL;
     if (c->phys_bits && (c->phys_bits < 32 || c->phys_bits > 52))
         return MV_EINVAL;
-    if ((c->shadow_pool_pages || c->shadow_oos_pages) && c->paging != MV_PAGING_SHADOW)
+    if ((c->shadow_pool_pages || c->shadow_pool_max_pages || c->shadow_oos_pages) &&
+        c->paging != MV_PAGING_SHADOW)
+        return MV_EINVAL;
+    if (c->shadow_pool_max_pages &&
+        (c->shadow_pool_max_pages > MV_SHADOW_POOL_MAX ||
+         c->shadow_pool_max_pages < (uint64_t)MV_SHADOW_FLOOR_PER_VCPU * c->nr_vcpus ||
+         c->shadow_pool_max_pages < c->shadow_pool_pages))
         return MV_EINVAL;
     if (c->shadow_oos_pages > MV_SHADOW_OOS_MAX)
         return MV_EINVAL;
@@ -135,6 +141,7 @@ MV_API int mv_domain_create(mv_host_t *h, const struct mv_domain_config *ucfg,
     d->node_affinity = cfg.node_affinity;
     d->phys_bits = cfg.phys_bits ? cfg.phys_bits : 40;
     d->shadow_pool_pages = cfg.shadow_pool_pages;
+    d->shadow_pool_max_pages = cfg.shadow_pool_max_pages;
     if (cfg.paging == MV_PAGING_SHADOW && !(cfg.flags & MV_DOMF_SHADOW_SYNC))
         d->shadow_oos_pages = cfg.shadow_oos_pages ? cfg.shadow_oos_pages
                                                    : MV_SHADOW_OOS_DEFAULT;

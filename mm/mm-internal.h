@@ -400,7 +400,8 @@ struct mv_domain {
     uint32_t nr_vcpus;
     uint32_t node_affinity;
     uint32_t phys_bits;
-    uint64_t shadow_pool_pages;       /* config; 0: the shadow module's default */
+    uint64_t shadow_pool_pages;       /* config: floor; 0: the shadow module's default */
+    uint64_t shadow_pool_max_pages;   /* config: ceiling; 0: the shadow module's default */
     uint32_t shadow_oos_pages;        /* out-of-sync L1s per vCPU (0: none) */
     _Atomic uint64_t max_pages;
     _Atomic uint64_t pages;           /* frames owned (I2) */

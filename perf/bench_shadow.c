@@ -195,6 +195,7 @@ static int guest_create(struct guest *g, uint32_t domid, uint64_t gfns, uint64_t
     struct mv_domain_config dc = {.size = sizeof dc, .domid = domid, .type = MV_DOMAIN_HVM,
                                   .paging = MV_PAGING_SHADOW, .nr_vcpus = 1, .max_pages = gfns,
                                   .node_affinity = MV_NODE_ANY, .shadow_pool_pages = pool,
+                                  .shadow_pool_max_pages = pool,
                                   .flags = flags};
     int rc = mv_domain_create(fx.host, &dc, &g->d);
     if (rc)

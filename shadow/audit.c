@@ -57,7 +57,7 @@ static void audit_page(struct sh_domain *s, struct mv_audit_ctx *ac, uint32_t pi
             audit_leaf(s, ac, sp, e, sp->nodes[i].key);
         } else {
             uint64_t k = sp->nodes[i].key;
-            if (k >= s->budget || s->pages[k].state != SLOT_USED ||
+            if (k >= s->cap || s->pages[k].state != SLOT_USED ||
                 s->pages[k].smfn != (e & X86E_ADDR) >> MV_PAGE_SHIFT)
                 BAD(ac, "I13", "shadow-entry-to-dead-shadow", sp->smfn, dom, k, e);
         }
@@ -84,7 +84,7 @@ void mv__sh_audit(mv_host_t *h, struct mv_audit_ctx *ac)
         if (!s)
             continue;
         uint64_t mat = 0, by_type[SH_NR_TYPES] = {0};
-        for (uint32_t pi = 0; pi < s->budget; pi++) {
+        for (uint32_t pi = 0; pi < s->cap; pi++) {
             struct sh_page *sp = &s->pages[pi];
             if (sp->smfn == MV_INVALID_MFN)
                 continue;
@@ -107,8 +107,15 @@ void mv__sh_audit(mv_host_t *h, struct mv_audit_ctx *ac)
         }
         if (mat != s->pool_frames)
             BAD(ac, "I13", "pool-frame-count", MV_INVALID_MFN, id, s->pool_frames, mat);
-        if (mat > s->budget)
-            BAD(ac, "I13", "pool-over-budget", MV_INVALID_MFN, id, s->budget, mat);
+        if (mat > s->ceiling)
+            BAD(ac, "I13", "pool-over-ceiling", MV_INVALID_MFN, id, s->ceiling, mat);
+        if (s->budget < s->floor || s->budget > s->ceiling)
+            BAD(ac, "I13", "pool-budget-out-of-bounds", MV_INVALID_MFN, id, s->floor, s->budget);
+        uint64_t live = 0;
+        for (unsigned t = 0; t < SH_NR_TYPES; t++)
+            live += by_type[t];
+        if (live != s->in_use)
+            BAD(ac, "I13", "shadow-live-count", MV_INVALID_MFN, id, s->in_use, live);
         for (unsigned t = 0; t < SH_NR_TYPES; t++)
             if (by_type[t] != s->by_type[t])
                 BAD(ac, "I13", "shadow-type-count", MV_INVALID_MFN, id, s->by_type[t], by_type[t]);

@@ -211,7 +211,7 @@ static bool below(struct sh_domain *s, uint32_t pi, uint32_t top)
 {
     unsigned budget = SH_REACH_BUDGET;
     if (++s->mark_gen == 0) { /* wrapped: no page may keep a stale mark */
-        for (uint32_t k = 0; k < s->budget; k++)
+        for (uint32_t k = 0; k < s->cap; k++)
             s->pages[k].mark = 0;
         s->mark_gen = 1;
     }

@@ -5,13 +5,24 @@
  *
  * A slot is EMPTY (nothing allocated), FREE (frame and nodes ready, zeroed, on the free
  * list), TOPUP (reserved by one vCPU for its next locked section) or USED (a live shadow,
- * in the hash and on the LRU list). There are `budget` slots. Frames of FREE and TOPUP
- * slots belong to MV_OWNER_TOPUP, of USED slots to MV_OWNER_INTERNAL.
+ * in the hash and on the LRU list). There are `cap` slots, one per frame the pool may ever
+ * hold (its ceiling); at most `budget` of them hold frames. Frames of FREE and TOPUP slots
+ * belong to MV_OWNER_TOPUP, of USED slots to MV_OWNER_INTERNAL.
  *
  * Topup runs with no lock held except for short sections that move slots between lists or
- * evict: when every slot is in use, the least recently used shadow that no vCPU holds as a
- * root is dropped, every entry that pointed at it is cleared and all vCPUs of the domain
- * flush before its frame is used again (I13). A root is never evicted (XSA-438).
+ * evict: when the budget is reached and no slot is free, the least recently used shadow
+ * that no vCPU holds as a root is dropped, every entry that pointed at it is cleared and
+ * all vCPUs of the domain flush before its frame is used again (I13). A root is never
+ * evicted (XSA-438).
+ *
+ * The pool sizes itself (Xen fixes it at domain build and crashes the domain when it is too
+ * small). It grows when shadows it evicted keep being built again: every SH_GROW_WINDOW
+ * creates, if one in eight rebuilt a shadow evicted lately (a small filter of evicted
+ * (gfn, type) keys tells), the budget rises by a quarter, up to the ceiling. It shrinks
+ * when the guest needs less: every SH_SHRINK_WINDOW faults, if the most shadows live in
+ * that window stayed under half the budget, the budget falls to one and a half times that
+ * (never under the floor) and free frames go back to the heap at the next topup, or at
+ * once through mv_shadow_trim.
  */
 #include "shadow-internal.h"
 
@@ -138,6 +149,15 @@ void mv__sh_set(struct sh_domain *s, uint32_t pi, unsigned idx, uint64_t val, ui
 
 /* ---- Creating and dropping shadows --------------------------------------------------------- */
 
+/* The evicted filter's slot for (gfn, type), and the key kept there (never 0): a
+ * multiplicative hash, its top bits for the slot (the best mixed), the next ones as key. */
+static uint32_t *evicted_slot(struct sh_domain *s, mv_gfn_t gfn, unsigned type, uint32_t *key)
+{
+    uint64_t x = (gfn * 8 + type) * 0x9e3779b97f4a7c15ull;
+    *key = (uint32_t)(x >> 16) | 1u;
+    return &s->evicted[(x >> 54) & (SH_EVICTED_FILTER - 1)];
+}
+
 uint32_t mv__sh_create(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn, unsigned type,
                        mv_mfn_t gmfn)
 {
@@ -169,6 +189,24 @@ uint32_t mv__sh_create(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn, un
     lru_push(s, pi);
     s->by_type[type]++;
     s->any_used = true;
+    if (++s->in_use > s->win_max_used)
+        s->win_max_used = s->in_use;
+    /* Growth: was this shadow evicted lately? */
+    uint32_t key;
+    uint32_t *slot = evicted_slot(s, gfn, type, &key);
+    if (*slot == key) {
+        *slot = 0;
+        s->win_rebuilds++;
+        s->rebuilds++;
+    }
+    if (++s->win_creates == SH_GROW_WINDOW) {
+        if (s->win_rebuilds * 8 >= s->win_creates && s->budget < s->ceiling) {
+            uint32_t step = s->budget / 4 > 32 ? s->budget / 4 : 32;
+            s->budget = s->ceiling - s->budget > step ? s->budget + step : s->ceiling;
+            s->grows++;
+        }
+        s->win_creates = s->win_rebuilds = 0;
+    }
     if (sh_type_is_table(type) && mv__sh_write_protect(s, gfn))
         mv__sh_flush_all(s);
     return pi;
@@ -195,6 +233,7 @@ void mv__sh_unshadow(struct sh_domain *s, uint32_t pi)
     *pp = sp->hnext;
     lru_remove(s, pi);
     s->by_type[sp->type]--;
+    s->in_use--;
     sp->type = SH_NONE;
     sp->state = SLOT_FREE;
     sp->fnext = s->free_head;
@@ -219,6 +258,9 @@ static bool evict_one(struct sh_domain *s)
     for (uint32_t pi = s->lru_tail; pi != SH_NIL; pi = s->pages[pi].lru_prev) {
         if (s->pages[pi].pins)
             continue;
+        struct sh_page *sp = &s->pages[pi];
+        uint32_t key;
+        *evicted_slot(s, sp->gfn, sp->type, &key) = key;
         mv__sh_unshadow(s, pi);
         s->evictions++;
         mv__sh_flush_all(s); /* before the frame serves again (I13) */
@@ -295,6 +337,8 @@ int mv__sh_topup(mv_vcpu_t *v)
 {
     struct sh_domain *s = sh_of(v->d);
     struct sh_vcpu *sv = shv_of(v);
+    if (s->trim_pending)
+        mv__sh_pool_trim(s, false);
     for (int round = 0; sv->ntop < SH_TOPUP; round++) {
         uint32_t fresh[SH_TOPUP];
         unsigned nfresh = 0;
@@ -306,10 +350,12 @@ int mv__sh_topup(mv_vcpu_t *v)
                 s->free_head = s->pages[pi].fnext;
                 s->pages[pi].state = SLOT_TOPUP;
                 sv->top[sv->ntop++] = pi;
-            } else if (s->empty_head != SH_NIL) {
+            } else if (s->empty_head != SH_NIL &&
+                       s->pool_frames + s->materializing < s->budget) {
                 pi = s->empty_head;
                 s->empty_head = s->pages[pi].fnext;
                 s->pages[pi].state = SLOT_TOPUP;
+                s->materializing++;
                 fresh[nfresh++] = pi;
             } else if (!evict_one(s)) {
                 break;
@@ -321,6 +367,7 @@ int mv__sh_topup(mv_vcpu_t *v)
         for (; ok < nfresh && !(rc = materialize(s, fresh[ok])); ok++)
             ;
         mv_spin_lock(&s->lock);
+        s->materializing -= nfresh;
         for (unsigned i = 0; i < nfresh; i++) {
             if (i < ok) {
                 s->pool_frames++;
@@ -331,8 +378,13 @@ int mv__sh_topup(mv_vcpu_t *v)
                 s->empty_head = fresh[i];
             }
         }
+        /* The heap is short: the pool stops growing and evicts instead (never fails the
+         * guest while it has shadows to give up). */
+        if (rc == MV_ENOMEM && s->budget > s->pool_frames + s->materializing)
+            s->budget = (uint32_t)(s->pool_frames + s->materializing) > s->floor
+                            ? (uint32_t)(s->pool_frames + s->materializing) : s->floor;
         mv_spin_unlock(&s->lock);
-        if (rc)
+        if (rc && rc != MV_ENOMEM)
             return rc;
         if (sv->ntop < SH_TOPUP && !nfresh)
             return MV_ENOMEM; /* every slot is a root or in another vCPU's cache */
@@ -340,6 +392,73 @@ int mv__sh_topup(mv_vcpu_t *v)
             return MV_ENOMEM;
     }
     return 0;
+}
+
+void mv__sh_pool_tick(struct sh_domain *s)
+{
+    mv__assert_held(&s->lock);
+    if (++s->win_faults < SH_SHRINK_WINDOW)
+        return;
+    /* What the window needed, with room for every vCPU's topup cache. */
+    uint64_t need = s->win_max_used + s->win_max_used / 2 + (uint64_t)SH_TOPUP * s->d->nr_vcpus;
+    if (need < s->floor)
+        need = s->floor;
+    if (s->win_max_used * 2 < s->budget && need < s->budget) {
+        s->budget = (uint32_t)need;
+        s->shrinks++;
+        s->trim_pending = true;
+    }
+    s->win_faults = 0;
+    s->win_max_used = s->in_use;
+}
+
+/* Free pool frames beyond the budget back to the heap, a batch per locked section. */
+void mv__sh_pool_trim(struct sh_domain *s, bool now)
+{
+    mv_domain_t *d = s->d;
+    size_t nb = SH_ENTRIES * sizeof(struct sh_node);
+    for (;;) {
+        mv_mfn_t frames[32];
+        struct sh_node *nodes[32];
+        unsigned n = 0;
+        mv_spin_lock(&s->lock);
+        if (now) {
+            uint64_t need = s->in_use + s->in_use / 2 + (uint64_t)SH_TOPUP * d->nr_vcpus;
+            need = need < s->floor ? s->floor : need;
+            if (need < s->budget) {
+                s->budget = (uint32_t)need;
+                s->shrinks++;
+            }
+            now = false;
+        }
+        while (n < 32 && s->pool_frames > s->budget && s->free_head != SH_NIL) {
+            uint32_t pi = s->free_head;
+            struct sh_page *sp = &s->pages[pi];
+            s->free_head = sp->fnext;
+            frames[n] = sp->smfn;
+            nodes[n++] = sp->nodes;
+            sp->smfn = MV_INVALID_MFN;
+            sp->nodes = NULL;
+            sp->state = SLOT_EMPTY;
+            sp->fnext = s->empty_head;
+            s->empty_head = pi;
+            s->pool_frames--;
+        }
+        if (!n)
+            s->trim_pending = false;
+        mv_spin_unlock(&s->lock);
+        if (!n)
+            return;
+        for (unsigned k = 0; k < n; k++) {
+            /* A free pool frame is zero and no table points at it (I13): back to the heap. */
+            atomic_store_explicit(&mv__frame(d->h, frames[k])->owner, MV_OWNER_PENDING,
+                                  memory_order_release);
+            mv__heap_free(d->h, frames[k], 0);
+            mv__meta_free(d->h, nodes[k], nb);
+            atomic_fetch_sub_explicit(&d->overhead_pages, 1, memory_order_relaxed);
+            atomic_fetch_sub_explicit(&d->overhead_bytes, nb, memory_order_relaxed);
+        }
+    }
 }
 
 /* Teardown (no concurrency): every shadow dropped, every slot's frame and nodes returned. */
@@ -369,7 +488,7 @@ void mv__sh_free_all(struct sh_domain *s)
     mv__sh_flush_all(s);
     mv_spin_unlock(&s->lock);
     size_t nb = SH_ENTRIES * sizeof(struct sh_node);
-    for (uint32_t pi = 0; pi < s->budget; pi++) {
+    for (uint32_t pi = 0; pi < s->cap; pi++) {
         struct sh_page *sp = &s->pages[pi];
         if (sp->smfn == MV_INVALID_MFN)
             continue;
@@ -385,7 +504,7 @@ void mv__sh_free_all(struct sh_domain *s)
     }
     s->free_head = SH_NIL;
     s->empty_head = SH_NIL;
-    for (uint32_t pi = s->budget; pi-- > 0;) {
+    for (uint32_t pi = s->cap; pi-- > 0;) {
         s->pages[pi].fnext = s->empty_head;
         s->empty_head = pi;
     }

@@ -76,11 +76,19 @@ struct sh_page {
 
 enum { SLOT_EMPTY = 0, SLOT_FREE = 1, SLOT_TOPUP = 2, SLOT_USED = 3 };
 
+/* The self-sizing pool (pool.c): its clock, in shadows created and faults taken. */
+#define SH_GROW_WINDOW 256u    /* creates between growth decisions */
+#define SH_SHRINK_WINDOW 8192u /* faults between shrink decisions */
+#define SH_EVICTED_FILTER 1024u /* recently evicted (gfn, type), to count rebuilds */
+
 struct sh_domain {
     mv_domain_t *d;
     mv_spinlock_t lock;           /* MV_LOCK_RANK_SHADOW */
-    uint32_t budget;              /* slots */
-    struct sh_page *pages;        /* [budget] */
+    uint32_t cap;                 /* slots: the ceiling */
+    uint32_t budget;              /* frames the pool may hold now: floor .. ceiling */
+    uint32_t floor, ceiling;
+    uint32_t materializing;       /* empty slots taken by topups, frames not yet in */
+    struct sh_page *pages;        /* [cap] */
     uint32_t nbuckets;
     uint32_t *hash;               /* [nbuckets] page indices */
     uint32_t rmap[SH_RMAP_BUCKETS];
@@ -88,7 +96,14 @@ struct sh_domain {
     uint32_t empty_head;          /* not materialized */
     uint32_t lru_head, lru_tail;  /* most recent at head */
     uint64_t pool_frames;
+    uint64_t in_use;              /* shadows live */
     bool any_used;
+    /* Sizing: creates and rebuilds (creates of something evicted lately) in this window;
+     * the most shadows live during the shrink window. */
+    uint32_t evicted[SH_EVICTED_FILTER];
+    uint32_t win_creates, win_rebuilds, win_faults;
+    uint64_t win_max_used;
+    bool trim_pending;
     struct mv_p2m_listener listener;
     uint32_t oos_budget;          /* out-of-sync L1s per vCPU (0: none) */
     uint32_t noos;                /* out of sync now, all vCPUs */
@@ -100,6 +115,7 @@ struct sh_domain {
     uint64_t faults[MV_SHADOW_NR_KINDS];
     uint64_t emulated, evictions, zapped;
     uint64_t unsyncs, resyncs, resync_fixed, unshadowed_early, unshadowed_freed;
+    uint64_t rebuilds, grows, shrinks;
 };
 
 struct sh_vcpu {
@@ -165,6 +181,10 @@ int mv__sh_walk(mv_vcpu_t *v, uint64_t cr3, uint64_t va, uint32_t ec, uint32_t a
 /* ---- pool.c: slots, hash, rmap, entries --------------------------------------------- */
 
 int mv__sh_topup(mv_vcpu_t *v);
+/* A fault was taken (lock held): the shrink clock. */
+void mv__sh_pool_tick(struct sh_domain *s);
+/* Give free pool frames back to the heap down to what the last window needed (no lock). */
+void mv__sh_pool_trim(struct sh_domain *s, bool now);
 uint32_t mv__sh_lookup(struct sh_domain *s, mv_gfn_t gfn, unsigned type);
 /* A new shadow from the vCPU's topup (lock held); write-protects gfn for table types. */
 uint32_t mv__sh_create(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn, unsigned type,

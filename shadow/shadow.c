@@ -107,17 +107,18 @@ static uint32_t pow2_at_least(uint64_t n)
 
 static void free_arrays(mv_host_t *h, struct sh_domain *s)
 {
-    mv__meta_free(h, s->pages, (size_t)s->budget * sizeof(struct sh_page));
+    mv__meta_free(h, s->pages, (size_t)s->cap * sizeof(struct sh_page));
     mv__meta_free(h, s->hash, (size_t)s->nbuckets * sizeof(uint32_t));
     s->pages = NULL;
     s->hash = NULL;
 }
 
-static int alloc_arrays(mv_host_t *h, struct sh_domain *s, uint32_t budget)
+/* Slots for the ceiling (the frames come and go; the slot array stays). */
+static int alloc_arrays(mv_host_t *h, struct sh_domain *s, uint32_t cap)
 {
-    s->budget = budget;
-    s->nbuckets = pow2_at_least(budget);
-    s->pages = mv__meta_alloc(h, (size_t)budget * sizeof(struct sh_page));
+    s->cap = cap;
+    s->nbuckets = pow2_at_least(cap);
+    s->pages = mv__meta_alloc(h, (size_t)cap * sizeof(struct sh_page));
     s->hash = mv__meta_alloc(h, (size_t)s->nbuckets * sizeof(uint32_t));
     if (!s->pages || !s->hash) {
         free_arrays(h, s);
@@ -126,7 +127,7 @@ static int alloc_arrays(mv_host_t *h, struct sh_domain *s, uint32_t budget)
     for (uint32_t i = 0; i < s->nbuckets; i++)
         s->hash[i] = SH_NIL;
     s->empty_head = SH_NIL;
-    for (uint32_t i = budget; i-- > 0;) {
+    for (uint32_t i = cap; i-- > 0;) {
         s->pages[i] = (struct sh_page){.smfn = MV_INVALID_MFN, .hnext = SH_NIL, .up = SH_NIL,
                                        .lru_prev = SH_NIL, .lru_next = SH_NIL,
                                        .fnext = s->empty_head};
@@ -174,9 +175,18 @@ static int sh_domain_init(mv_domain_t *d)
     for (unsigned i = 0; i < SH_RMAP_BUCKETS; i++)
         s->rmap[i] = SH_NIL;
     d->mod[MV_MOD_SHADOW] = s;
-    uint64_t budget = d->shadow_pool_pages ? d->shadow_pool_pages
-                                           : 256 + SH_FLOOR_PER_VCPU * d->nr_vcpus;
-    int rc = alloc_arrays(h, s, (uint32_t)budget);
+    uint64_t floor = d->shadow_pool_pages ? d->shadow_pool_pages
+                                          : 64 + SH_FLOOR_PER_VCPU * d->nr_vcpus;
+    uint64_t ceiling = d->shadow_pool_max_pages;
+    if (!ceiling) {
+        uint64_t max = atomic_load_explicit(&d->max_pages, memory_order_relaxed);
+        ceiling = max / 64 + 256 > floor ? max / 64 + 256 : floor;
+        if (ceiling > MV_SHADOW_POOL_MAX)
+            ceiling = MV_SHADOW_POOL_MAX;
+    }
+    s->floor = s->budget = (uint32_t)floor;
+    s->ceiling = (uint32_t)ceiling;
+    int rc = alloc_arrays(h, s, s->ceiling);
     /* Out-of-sync state: a snapshot per slot of each vCPU, and one resync's working set. */
     size_t set_bytes = (size_t)d->nr_vcpus * s->oos_budget * sizeof(uint32_t);
     size_t oos_bytes = 2 * set_bytes + (size_t)d->nr_vcpus * s->oos_budget * MV_PAGE_SIZE;
@@ -209,7 +219,9 @@ static int sh_domain_init(mv_domain_t *d)
     if (rc)
         sh_domain_free(d);
     else
-        atomic_fetch_add_explicit(&d->overhead_bytes, sizeof(*s) + oos_bytes,
+        atomic_fetch_add_explicit(&d->overhead_bytes,
+                                  sizeof(*s) + oos_bytes + (size_t)s->cap * sizeof(struct sh_page) +
+                                      (size_t)s->nbuckets * sizeof(uint32_t),
                                   memory_order_relaxed);
     return rc;
 }
@@ -422,6 +434,7 @@ static int fault_outcome(struct sh_domain *s, struct mv_shadow_outcome *out, uin
     out->gpa = gpa;
     mv_spin_lock(&s->lock);
     s->faults[kind]++;
+    mv__sh_pool_tick(s);
     mv_spin_unlock(&s->lock);
     return 0;
 }
@@ -504,6 +517,7 @@ MV_API int mv_shadow_page_fault(mv_vcpu_t *v, uint64_t gva, uint32_t error_code,
         }
     }
     s->faults[kind]++;
+    mv__sh_pool_tick(s);
     mv_spin_unlock(&s->lock);
     out->kind = kind;
     out->error_code = 0;
@@ -854,14 +868,31 @@ MV_API int mv_shadow_set_budget(mv_domain_t *d, uint64_t frames)
     int rc = alloc_arrays(d->h, &tmp, (uint32_t)frames);
     if (rc)
         return rc;
+    size_t old_bytes = (size_t)s->cap * sizeof(struct sh_page) +
+                       (size_t)s->nbuckets * sizeof(uint32_t);
     free_arrays(d->h, s);
-    s->budget = tmp.budget;
+    atomic_fetch_sub_explicit(&d->overhead_bytes, old_bytes, memory_order_relaxed);
+    atomic_fetch_add_explicit(&d->overhead_bytes,
+                              (size_t)tmp.cap * sizeof(struct sh_page) +
+                                  (size_t)tmp.nbuckets * sizeof(uint32_t),
+                              memory_order_relaxed);
+    s->cap = tmp.cap;
+    s->budget = s->floor = s->ceiling = (uint32_t)frames;
     s->nbuckets = tmp.nbuckets;
     s->pages = tmp.pages;
     s->hash = tmp.hash;
     s->empty_head = tmp.empty_head;
     s->free_head = SH_NIL;
     s->lru_head = s->lru_tail = SH_NIL;
+    return 0;
+}
+
+MV_API int mv_shadow_trim(mv_domain_t *d)
+{
+    struct sh_domain *s = d ? sh_of(d) : NULL;
+    if (!s)
+        return MV_EINVAL;
+    mv__sh_pool_trim(s, true);
     return 0;
 }
 
@@ -898,6 +929,11 @@ MV_API int mv_shadow_stats(const mv_domain_t *d, struct mv_shadow_stats *st)
     all.resync_fixed = s->resync_fixed;
     all.unshadowed_early = s->unshadowed_early;
     all.unshadowed_freed = s->unshadowed_freed;
+    all.pool_floor = s->floor;
+    all.pool_ceiling = s->ceiling;
+    all.pool_grows = s->grows;
+    all.pool_shrinks = s->shrinks;
+    all.rebuilds = s->rebuilds;
     uint64_t bytes = s->pool_frames * (MV_PAGE_SIZE + SH_ENTRIES * sizeof(struct sh_node));
     mv_spin_unlock(&s->lock);
     all.bytes_per_gib = owned ? bytes * ((1ull << 30) >> MV_PAGE_SHIFT) / owned : 0;

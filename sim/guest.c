@@ -1014,6 +1014,8 @@ int mv_sim_guest_create(mv_sim_t *s, const struct mv_sim_guest_config *cfg,
                                   .node_affinity = MV_NODE_ANY,
                                   .shadow_pool_pages = cfg->hvm && !cfg->hap
                                                            ? cfg->shadow_pool_pages : 0,
+                                  .shadow_pool_max_pages = cfg->hvm && !cfg->hap
+                                                               ? cfg->shadow_pool_pages : 0,
                                   .flags = cfg->hvm && !cfg->hap && cfg->shadow_sync
                                                ? MV_DOMF_SHADOW_SYNC : 0};
     if ((rc = mv_domain_create(mv_sim_host(s), &dc, &g->d)))

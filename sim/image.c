@@ -433,6 +433,8 @@ int mv_sim_image_import(mv_sim_t *s, const struct mv_sim_image_config *cfg,
                                   .node_affinity = MV_NODE_ANY, .phys_bits = bits,
                                   .shadow_pool_pages = paging == MV_PAGING_SHADOW
                                                            ? cfg->shadow_pool_pages : 0,
+                                  .shadow_pool_max_pages = paging == MV_PAGING_SHADOW
+                                                               ? cfg->shadow_pool_pages : 0,
                                   .flags = paging == MV_PAGING_SHADOW && cfg->shadow_sync
                                                ? MV_DOMF_SHADOW_SYNC : 0};
     if (!img->va) {

@@ -240,7 +240,7 @@ struct mv_sim_image_config {
     uint32_t paging;      /* MV_PAGING_SHADOW or MV_PAGING_HAP; 0: shadow, the default */
     uint32_t phys_bits;   /* 0: 40 */
     bool gbpages;         /* offer 1 GiB pages to the guest */
-    uint64_t shadow_pool_pages; /* shadow: the pool's budget (0: the engine's default) */
+    uint64_t shadow_pool_pages; /* shadow: a pool of this fixed size (0: self-sizing) */
     bool shadow_sync;   /* shadow: no out-of-sync L1s (MV_DOMF_SHADOW_SYNC) */
 };
 
@@ -340,7 +340,7 @@ struct mv_sim_guest_config {
     bool check;         /* oracle and TLB check at every invalidation */
     bool threaded;      /* vCPUs driven by threads of their own (see above) */
     bool hap;           /* HVM with nested paging instead of shadow paging */
-    uint64_t shadow_pool_pages; /* shadow: the pool's budget (0: the engine's default) */
+    uint64_t shadow_pool_pages; /* shadow: a pool of this fixed size (0: self-sizing) */
     bool shadow_sync;   /* shadow: no out-of-sync L1s (MV_DOMF_SHADOW_SYNC) */
 };
 
@@ -433,7 +433,7 @@ struct mv_sim_run_config {
     uint64_t mem_pages;   /* per domain; 0: from the footprint */
     bool threaded;        /* one thread per vCPU (puts the simulator in threaded mode) */
     bool hap;             /* HVM with nested paging instead of shadow paging */
-    uint64_t shadow_pool_pages; /* shadow: each domain's pool budget (0: the default) */
+    uint64_t shadow_pool_pages; /* shadow: each domain's pool, fixed (0: self-sizing) */
     bool shadow_sync;     /* shadow: no out-of-sync L1s (MV_DOMF_SHADOW_SYNC) */
 };
 

@@ -47,7 +47,8 @@ static inline mv_domain_t *shd_domain(mv_host_t *h, uint32_t id, uint32_t nr_vcp
     struct mv_domain_config c = {.size = sizeof(c), .domid = id, .type = MV_DOMAIN_HVM,
                                  .paging = MV_PAGING_SHADOW, .nr_vcpus = nr_vcpus,
                                  .max_pages = ram + extra, .node_affinity = MV_NODE_ANY,
-                                 .phys_bits = phys_bits, .shadow_pool_pages = pool};
+                                 .phys_bits = phys_bits, .shadow_pool_pages = pool,
+                                 .shadow_pool_max_pages = pool};
     mv_domain_t *d;
     assert_int_equal(mv_domain_create(h, &c, &d), 0);
     for (mv_gfn_t g = 0; g < ram; g += 512) {

@@ -112,9 +112,12 @@ struct mv_domain_config {
     uint32_t phys_bits;      /* guest physical-address width, 32..52; 0: 40 */
     uint32_t shadow_oos_pages; /* shadow: out-of-sync L1s per vCPU, 0: the default (6),
                                 * at most MV_SHADOW_OOS_MAX; MV_DOMF_SHADOW_SYNC: none */
-    /* Shadow paging: the shadow pool's budget in frames; 0: 256 + 16 per vCPU. At least
-     * 16 per vCPU (its roots, a full path and working room), at most 4 Mi. */
+    /* Shadow paging: the shadow pool sizes itself between a floor and a ceiling, in frames.
+     * Floor: 0: 64 + 16 per vCPU; at least 16 per vCPU (its roots, a full path and working
+     * room). Ceiling: 0: the floor or a 64th of max_pages plus 256, whichever is more; at
+     * most MV_SHADOW_POOL_MAX. Equal: a pool of fixed size. */
     uint64_t shadow_pool_pages;
+    uint64_t shadow_pool_max_pages;
 };
 
 /*

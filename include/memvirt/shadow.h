@@ -100,12 +100,18 @@ MV_API int mv_shadow_gva_to_gpa(mv_vcpu_t *v, uint64_t gva, uint32_t error_code,
                                 mv_paddr_t *gpa, uint32_t *pfec);
 
 /*
- * The shadow pool's budget in frames (set at creation by mv_domain_config's
- * shadow_pool_pages; default 256 + 16 per vCPU). Below the floor (MV_SHADOW_FLOOR_PER_VCPU
- * per vCPU: its roots, a full path and working room) or above MV_SHADOW_POOL_MAX
- * MV_EINVAL; MV_EBUSY once shadows exist.
+ * A pool of fixed size, `frames` (floor and ceiling both; mv_domain_config's
+ * shadow_pool_pages and shadow_pool_max_pages set them at creation, and the pool sizes
+ * itself between them). Below MV_SHADOW_FLOOR_PER_VCPU per vCPU (its roots, a full path and
+ * working room) or above MV_SHADOW_POOL_MAX MV_EINVAL; MV_EBUSY once shadows exist.
  */
 MV_API int mv_shadow_set_budget(mv_domain_t *d, uint64_t frames);
+/*
+ * Shrink the pool now to what its live shadows need (never under the floor) and give the
+ * free frames back to the host heaps; a hypervisor calls it from a timer or when the host
+ * runs short (the pool also does it by itself as faults come). MV_EINVAL not shadow.
+ */
+MV_API int mv_shadow_trim(mv_domain_t *d);
 
 /*
  * Size-versioned: fields are only ever appended. A caller built before a field existed
@@ -129,6 +135,9 @@ struct mv_shadow_stats {
     uint64_t oos_pages, unsyncs, resyncs, resync_fixed;
     /* Heuristics: frames unshadowed because written while unused, or emptied by the guest. */
     uint64_t unshadowed_early, unshadowed_freed;
+    /* The self-sizing pool: its bounds (budget moves between them), how often it grew and
+     * shrank, and the shadows built again after being evicted (what makes it grow). */
+    uint64_t pool_floor, pool_ceiling, pool_grows, pool_shrinks, rebuilds;
 };
 MV_API int mv_shadow_stats(const mv_domain_t *d, struct mv_shadow_stats *st);
 
