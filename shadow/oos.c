@@ -33,6 +33,8 @@
 
 bool mv__sh_gfn_protected(struct sh_domain *s, mv_gfn_t gfn)
 {
+    if (!s->tables_in[gfn & (SH_RMAP_BUCKETS - 1)])
+        return false; /* no table shadow in gfn's bucket */
     uint32_t l1 = mv__sh_lookup(s, gfn, SH_L1);
     if (l1 != SH_NIL) /* an out-of-sync frame has no other table shadow */
         return !s->pages[l1].oos || s->resyncing;

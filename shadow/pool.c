@@ -51,6 +51,8 @@ uint32_t mv__sh_lookup(struct sh_domain *s, mv_gfn_t gfn, unsigned type)
 
 bool mv__sh_gfn_is_table(struct sh_domain *s, mv_gfn_t gfn)
 {
+    if (!s->tables_in[gfn & (SH_RMAP_BUCKETS - 1)])
+        return false;
     for (unsigned t = SH_L1; t <= SH_L4; t++)
         if (mv__sh_lookup(s, gfn, t) != SH_NIL)
             return true;
@@ -188,6 +190,8 @@ uint32_t mv__sh_create(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn, un
     s->hash[b] = pi;
     lru_push(s, pi);
     s->by_type[type]++;
+    if (sh_type_is_table(type))
+        s->tables_in[gfn & (SH_RMAP_BUCKETS - 1)]++;
     s->any_used = true;
     if (++s->in_use > s->win_max_used)
         s->win_max_used = s->in_use;
@@ -233,6 +237,8 @@ void mv__sh_unshadow(struct sh_domain *s, uint32_t pi)
     *pp = sp->hnext;
     lru_remove(s, pi);
     s->by_type[sp->type]--;
+    if (sh_type_is_table(sp->type))
+        s->tables_in[sp->gfn & (SH_RMAP_BUCKETS - 1)]--;
     s->in_use--;
     sp->type = SH_NONE;
     sp->state = SLOT_FREE;

@@ -109,6 +109,9 @@ struct sh_domain {
     uint32_t noos;                /* out of sync now, all vCPUs */
     bool resyncing;               /* out-of-sync frames count as protected meanwhile */
     uint32_t *set, *set_fixed;    /* [nr_vcpus * oos_budget]: a resync's pages, entries fixed */
+    /* Table shadows per gfn bucket: a gfn whose bucket is 0 is no page table (the fast
+     * answer for the leaves of data pages). */
+    uint32_t tables_in[SH_RMAP_BUCKETS];
     uint32_t mark_gen;
     /* statistics */
     uint64_t by_type[SH_NR_TYPES];
@@ -131,6 +134,11 @@ struct sh_vcpu {
     uint32_t oos[MV_SHADOW_OOS_MAX];
     uint8_t slot[MV_SHADOW_OOS_MAX]; /* oos[k]'s snapshot: snap + slot[k] * 512 */
     uint64_t *snap;               /* [oos budget][512] */
+    /* The last table frame the walker found at each level, valid for one p2m sequence
+     * number: a guest walking one region reads the same upper tables again and again. */
+    uint64_t wc_seq;
+    mv_gfn_t wc_gfn[4];
+    mv_mfn_t wc_mfn[4];
 };
 
 static inline struct sh_domain *sh_of(const mv_domain_t *d)
@@ -158,8 +166,11 @@ static inline void sh_store(uint64_t *slot, uint64_t v)
 
 struct sh_walk {
     uint64_t va;
+    uint64_t seq;          /* the p2m's sequence number before the walk read it */
     uint64_t e[4];         /* entries read, [3] = L4; after A/D update */
     mv_gfn_t tgfn[4];      /* gfn of the table read at each level */
+    mv_mfn_t tmfn[4];      /* ... and the frame the p2m gave for it */
+    struct mv_p2m_entry leaf_pe; /* the leaf gfn's p2m entry, under the same number */
     int leaf;              /* level of the leaf entry (0, 1 or 2) */
     mv_gfn_t gfn;          /* the 4 KiB gfn reached */
     bool w, u, nx;         /* combined rights */
@@ -244,6 +255,9 @@ uint64_t mv__sh_propagate(struct sh_domain *s, unsigned lv, uint64_t e, bool nxe
                           uint64_t *key);
 /* A leaf for gfn with the guest rights given (lock held, p2m seq checked by caller). */
 uint64_t mv__sh_leaf(struct sh_domain *s, mv_gfn_t gfn, uint64_t grights, bool nxe);
+/* The same from a p2m entry read under the same sequence number. */
+uint64_t mv__sh_leaf_pe(struct sh_domain *s, mv_gfn_t gfn, const struct mv_p2m_entry *pe,
+                        uint64_t grights, bool nxe);
 /* Revalidate entries [first, last] of every shadow of gfn from the guest table (lock held). */
 bool mv__sh_revalidate(struct sh_domain *s, mv_gfn_t gfn, const uint64_t *guest,
                        unsigned first, unsigned last, bool nxe, bool gb);

@@ -25,7 +25,16 @@
 uint64_t mv__sh_leaf(struct sh_domain *s, mv_gfn_t gfn, uint64_t g, bool nxe)
 {
     struct mv_p2m_entry pe;
-    if (mv_p2m_in_progress(s->d) || mv_p2m_lookup(s->d, gfn, &pe) || !(pe.access & MV_P2M_R))
+    if (mv_p2m_in_progress(s->d) || mv_p2m_lookup(s->d, gfn, &pe))
+        return 0;
+    return mv__sh_leaf_pe(s, gfn, &pe, g, nxe);
+}
+
+uint64_t mv__sh_leaf_pe(struct sh_domain *s, mv_gfn_t gfn, const struct mv_p2m_entry *ppe,
+                        uint64_t g, bool nxe)
+{
+    const struct mv_p2m_entry pe = *ppe;
+    if (!(pe.access & MV_P2M_R))
         return 0;
     bool w;
     if (p2m_is_ram(pe.type))
@@ -372,10 +381,11 @@ static bool walk_still_valid(struct sh_domain *s, const struct sh_walk *w)
 {
     const uint64_t ad = X86E_A | X86E_D;
     for (int l = 3; l >= w->leaf; l--) {
-        uint64_t e;
+        /* The table frames the walk found still hold their gfns: the p2m's sequence
+         * number has not moved (checked under this lock by the caller). */
         unsigned idx = (unsigned)((w->va >> (12 + 9 * l)) & 511);
-        if (mv__sh_guest_entry(s->d, w->tgfn[l], idx, &e) || ((e ^ w->e[l]) & ~ad) ||
-            (w->e[l] & ad & ~e))
+        uint64_t e = sh_read((const uint64_t *)mv__mfn_va(s->d->h, w->tmfn[l]) + idx);
+        if (((e ^ w->e[l]) & ~ad) || (w->e[l] & ad & ~e))
             return false;
     }
     return true;
@@ -401,7 +411,7 @@ static void build(struct sh_domain *s, struct sh_vcpu *sv, const struct sh_walk 
     }
     unsigned idx = (unsigned)((va >> (12 + 9 * w->leaf)) & 511);
     if (w->leaf == 0) {
-        mv__sh_set(s, pi, idx, mv__sh_leaf(s, w->gfn, w->e[0], nxe), w->gfn);
+        mv__sh_set(s, pi, idx, mv__sh_leaf_pe(s, w->gfn, &w->leaf_pe, w->e[0], nxe), w->gfn);
         /* An out-of-sync L1 now follows this guest entry: so must its snapshot, or a
          * later write back to the snapshot's value would go unseen at resync. */
         if (s->pages[pi].oos)
@@ -422,7 +432,8 @@ static void build(struct sh_domain *s, struct sh_vcpu *sv, const struct sh_walk 
         pi = fi;
     }
     const uint64_t full = X86E_RW | X86E_US | X86E_D;
-    mv__sh_set(s, pi, (unsigned)((va >> 12) & 511), mv__sh_leaf(s, w->gfn, full, nxe), w->gfn);
+    mv__sh_set(s, pi, (unsigned)((va >> 12) & 511), mv__sh_leaf_pe(s, w->gfn, &w->leaf_pe, full, nxe),
+               w->gfn);
     (void)gb;
 }
 
@@ -456,6 +467,8 @@ MV_API int mv_shadow_page_fault(mv_vcpu_t *v, uint64_t gva, uint32_t error_code,
     }
     bool nxe = nxe_of(v), gb = gb_of(v), write = (error_code & MV_PFEC_W) != 0;
     struct sh_walk w;
+    bool marked = false; /* a log-dirty write fault was taken: walk once more */
+again:
     for (int tries = 0;; tries++) {
         rc = mv__sh_walk(v, sv->cr3, gva, error_code, access, &w);
         if (rc != MV_EAGAIN || tries == 8)
@@ -465,8 +478,11 @@ MV_API int mv_shadow_page_fault(mv_vcpu_t *v, uint64_t gva, uint32_t error_code,
         return fault_outcome(s, out, MV_SHADOW_FIXED, 0, 0); /* the guest races itself */
     if (rc < 0)
         return rc;
-    if (rc == 1)
+    if (rc == 1) {
+        if (mv_p2m_seq(v->d) != w.seq || mv_p2m_in_progress(v->d))
+            return fault_outcome(s, out, MV_SHADOW_FIXED, 0, 0); /* read while it changed */
         return fault_outcome(s, out, MV_SHADOW_INJECT, w.pfec, 0);
+    }
     mv_paddr_t gpa = (w.gfn << MV_PAGE_SHIFT) | (gva & (MV_PAGE_SIZE - 1));
     struct mv_p2m_entry pe;
     if (mv_p2m_lookup(v->d, w.gfn, &pe) ||
@@ -479,6 +495,8 @@ MV_API int mv_shadow_page_fault(mv_vcpu_t *v, uint64_t gva, uint32_t error_code,
         if (pe.type == MV_P2M_RAM_RO)
             return fault_outcome(s, out, MV_SHADOW_DENIED, 0, gpa);
         if (pe.type == MV_P2M_RAM_LOGDIRTY) {
+            if (marked)
+                return fault_outcome(s, out, MV_SHADOW_FIXED, 0, 0); /* logging again */
             if ((rc = mv_p2m_write_fault(v->d, w.gfn))) {
                 if (rc == MV_ENOMEM || rc == MV_ESRCH)
                     return rc;
@@ -486,7 +504,10 @@ MV_API int mv_shadow_page_fault(mv_vcpu_t *v, uint64_t gva, uint32_t error_code,
                  * retry faults again and meets what is there now. */
                 return fault_outcome(s, out, MV_SHADOW_FIXED, 0, 0);
             }
-            need = 0;
+            /* Marked dirty and writable: the p2m moved its sequence number, so walk
+             * again under the new one. */
+            marked = true;
+            goto again;
         }
     }
     if (p2m_is_ram(pe.type) && (pe.access & need) != need)
@@ -497,9 +518,10 @@ MV_API int mv_shadow_page_fault(mv_vcpu_t *v, uint64_t gva, uint32_t error_code,
         return rc;
     mv_spin_lock(&s->lock);
     uint32_t kind = MV_SHADOW_FIXED;
-    if (mv_p2m_in_progress(v->d)) {
-        /* retry: a p2m change is in flight */
+    if (mv_p2m_in_progress(v->d) || mv_p2m_seq(v->d) != w.seq) {
+        /* retry: the p2m changed since the walk read it (or is changing) */
     } else {
+        w.leaf_pe = pe; /* read under the same sequence number */
         /*
          * The walk is checked again only once every table on its path is write-protected
          * (Xen's shadow_check_gwalk runs after write access is removed, for the same
@@ -557,7 +579,7 @@ MV_API int mv_shadow_gva_to_gpa(mv_vcpu_t *v, uint64_t gva, uint32_t error_code,
 
 /*
  * Revalidate entries [first, last] of every shadow of gfn from the guest frame at va
- * (lock held). True when an entry changed (the caller flushes). An out-of-sync L1's
+ * (lock held). True when a present entry changed (the caller flushes). An out-of-sync L1's
  * snapshot follows, so that its next resync does not count these entries again.
  */
 bool mv__sh_revalidate(struct sh_domain *s, mv_gfn_t gfn, const uint64_t *gva_tab,
@@ -576,8 +598,10 @@ bool mv__sh_revalidate(struct sh_domain *s, mv_gfn_t gfn, const uint64_t *gva_ta
             if (snap)
                 snap[i] = g;
             if (ne != st[i]) {
+                /* A TLB can hold only what a present entry gave: filling a hole needs
+                 * no flush, anything else does. */
+                changed |= (st[i] & X86E_P) != 0;
                 mv__sh_set(s, pi, i, ne, key);
-                changed = true;
             }
         }
     }

@@ -100,6 +100,26 @@ static int set_bits(mv_domain_t *d, mv_gfn_t gfn, unsigned idx, uint64_t old, ui
     return mv__p2m_engine_wrote(d, gfn, 1);
 }
 
+/*
+ * The frame of table gfn read at level lv, through the vCPU's walk cache while the p2m's
+ * sequence number has not moved (any change of the p2m moves it).
+ */
+static mv_mfn_t table_mfn_cached(mv_vcpu_t *v, int lv, mv_gfn_t gfn, uint64_t seq)
+{
+    struct sh_vcpu *sv = shv_of(v);
+    if (sv->wc_seq != seq) {
+        for (int l = 0; l < 4; l++)
+            sv->wc_mfn[l] = MV_INVALID_MFN;
+        sv->wc_seq = seq;
+    } else if (sv->wc_gfn[lv] == gfn && sv->wc_mfn[lv] != MV_INVALID_MFN) {
+        return sv->wc_mfn[lv];
+    }
+    mv_mfn_t m = table_mfn(v->d, gfn);
+    sv->wc_gfn[lv] = gfn;
+    sv->wc_mfn[lv] = m;
+    return m;
+}
+
 int mv__sh_walk(mv_vcpu_t *v, uint64_t cr3, uint64_t va, uint32_t ec, uint32_t access,
                 struct sh_walk *w)
 {
@@ -109,6 +129,9 @@ int mv__sh_walk(mv_vcpu_t *v, uint64_t cr3, uint64_t va, uint32_t ec, uint32_t a
     bool nxe = (cs->efer & MV_EFER_NXE) != 0, gb = (cs->flags & MV_VCPUF_GBPAGES) != 0;
     mv_gfn_t table = (cr3 & X86E_ADDR & ((1ull << pbits) - 1)) >> MV_PAGE_SHIFT;
     w->va = va;
+    /* The sequence number first: whatever changes the p2m after it moves it, and the
+     * caller builds only if it has not moved (and no change is in flight). */
+    w->seq = mv_p2m_seq(d);
     w->w = w->u = true;
     w->nx = false;
     int lv;
@@ -116,10 +139,13 @@ int mv__sh_walk(mv_vcpu_t *v, uint64_t cr3, uint64_t va, uint32_t ec, uint32_t a
         unsigned idx = (unsigned)((va >> (12 + 9 * lv)) & 511);
         uint64_t e;
         w->tgfn[lv] = table;
-        if (mv__sh_guest_entry(d, table, idx, &e)) {
+        mv_mfn_t tm = table_mfn_cached(v, lv, table, w->seq);
+        w->tmfn[lv] = tm;
+        if (tm == MV_INVALID_MFN) {
             w->pfec = pfec(true, true, ec, cs);
             return 1;
         }
+        e = sh_read((const uint64_t *)mv__mfn_va(d->h, tm) + idx);
         w->e[lv] = e;
         if (!(e & X86E_P)) {
             w->pfec = pfec(false, false, ec, cs);
