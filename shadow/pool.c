@@ -87,10 +87,14 @@ static void lru_push(struct sh_domain *s, uint32_t pi)
     s->lru_head = pi;
 }
 
+/* A use moves the shadow to the head, once per locked section at most (the fault path
+ * meets each table of its path twice). */
 void mv__sh_touch(struct sh_domain *s, uint32_t pi)
 {
-    if (s->lru_head == pi)
+    struct sh_page *sp = &s->pages[pi];
+    if (s->lru_head == pi || sp->touched == s->section)
         return;
+    sp->touched = s->section;
     lru_remove(s, pi);
     lru_push(s, pi);
 }

@@ -68,6 +68,7 @@ struct sh_page {
     uint16_t idle_writes;    /* ... since a walk last used this shadow */
     uint32_t mark;           /* reachability searches (oos.c): visited when == mark_gen */
     bool dead_root;          /* L4 whose user half the guest emptied: dropped when left */
+    uint32_t touched;        /* the locked section that last moved it to the LRU head */
     uint32_t hnext;          /* hash chain */
     uint32_t up;             /* first node of the parent list */
     uint32_t lru_prev, lru_next;
@@ -113,6 +114,7 @@ struct sh_domain {
      * answer for the leaves of data pages). */
     uint32_t tables_in[SH_RMAP_BUCKETS];
     uint32_t mark_gen;
+    uint32_t section;             /* counts the fault path's locked sections */
     /* statistics */
     uint64_t by_type[SH_NR_TYPES];
     uint64_t faults[MV_SHADOW_NR_KINDS];

@@ -517,6 +517,7 @@ again:
     if ((rc = mv__sh_topup(v)))
         return rc;
     mv_spin_lock(&s->lock);
+    s->section++;
     uint32_t kind = MV_SHADOW_FIXED;
     if (mv_p2m_in_progress(v->d) || mv_p2m_seq(v->d) != w.seq) {
         /* retry: the p2m changed since the walk read it (or is changing) */
