@@ -17,8 +17,8 @@
  *
  * The pool sizes itself (Xen fixes it at domain build and crashes the domain when it is too
  * small). It grows when shadows it evicted keep being built again: every SH_GROW_WINDOW
- * creates, if one in eight rebuilt a shadow evicted lately (a small filter of evicted
- * (gfn, type) keys tells), the budget rises by a quarter, up to the ceiling. It shrinks
+ * creates, if one in sixteen rebuilt a shadow evicted lately (a small filter of evicted
+ * (gfn, type) keys tells), the budget rises by half, up to the ceiling. It shrinks
  * when the guest needs less: every SH_SHRINK_WINDOW faults, if the most shadows live in
  * that window stayed under half the budget, the budget falls to one and a half times that
  * (never under the floor) and free frames go back to the heap at the next topup, or at
@@ -208,8 +208,8 @@ uint32_t mv__sh_create(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn, un
         s->rebuilds++;
     }
     if (++s->win_creates == SH_GROW_WINDOW) {
-        if (s->win_rebuilds * 8 >= s->win_creates && s->budget < s->ceiling) {
-            uint32_t step = s->budget / 4 > 32 ? s->budget / 4 : 32;
+        if (s->win_rebuilds * 16 >= s->win_creates && s->budget < s->ceiling) {
+            uint32_t step = s->budget / 2 > 32 ? s->budget / 2 : 32;
             s->budget = s->ceiling - s->budget > step ? s->budget + step : s->ceiling;
             s->grows++;
         }

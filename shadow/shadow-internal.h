@@ -78,7 +78,7 @@ struct sh_page {
 enum { SLOT_EMPTY = 0, SLOT_FREE = 1, SLOT_TOPUP = 2, SLOT_USED = 3 };
 
 /* The self-sizing pool (pool.c): its clock, in shadows created and faults taken. */
-#define SH_GROW_WINDOW 256u    /* creates between growth decisions */
+#define SH_GROW_WINDOW 128u    /* creates between growth decisions */
 #define SH_SHRINK_WINDOW 8192u /* faults between shrink decisions */
 #define SH_EVICTED_FILTER 1024u /* recently evicted (gfn, type), to count rebuilds */
 
