@@ -366,10 +366,11 @@ static uint32_t get_shadow(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn
  * vCPU's). Making a shadow removes write access to its frame and flushes: once this
  * returns, the path's tables change only through mv_shadow_emulate_write, under our lock.
  */
-static void shadow_path(struct sh_domain *s, struct sh_vcpu *sv, const struct sh_walk *w)
+static void shadow_path(struct sh_domain *s, struct sh_vcpu *sv, const struct sh_walk *w,
+                        uint32_t *path)
 {
     for (int l = 2; l >= w->leaf; l--)
-        (void)get_shadow(s, sv, w->tgfn[l], (unsigned)l + 1); /* the table read at level l */
+        path[l] = get_shadow(s, sv, w->tgfn[l], (unsigned)l + 1); /* the table read at l */
 }
 
 /*
@@ -392,16 +393,14 @@ static bool walk_still_valid(struct sh_domain *s, const struct sh_walk *w)
 }
 
 /* Build the shadows for the walk down to the leaf (lock held, topup full). */
-static void build(struct sh_domain *s, struct sh_vcpu *sv, const struct sh_walk *w, bool nxe,
-                  bool gb)
+static void build(struct sh_domain *s, struct sh_vcpu *sv, const struct sh_walk *w,
+                  const uint32_t *path, bool nxe, bool gb)
 {
     uint32_t pi = sv->cur;
     uint64_t va = w->va;
     for (int l = 3; l > w->leaf; l--) {
         unsigned idx = (unsigned)((va >> (12 + 9 * l)) & 511);
-        mv_gfn_t cg;
-        unsigned ct = child_of((unsigned)l, w->e[l], &cg);
-        uint32_t ci = get_shadow(s, sv, cg, ct);
+        uint32_t ci = path[l - 1]; /* the table entry l points to: shadowed by shadow_path */
         /* Out-of-sync L1s linked anew are brought in sync first (see oos.c). */
         const uint64_t *pt = sh_table(s, &s->pages[pi]);
         if (s->noos && !((sh_read(&pt[idx]) & X86E_P) && s->pages[pi].nodes[idx].key == ci))
@@ -530,13 +529,14 @@ again:
          * write the table through a translation it holds, and a check made before would
          * let a leaf be built from an entry the guest has already replaced.
          */
-        shadow_path(s, sv, &w);
+        uint32_t path[4];
+        shadow_path(s, sv, &w, path);
         if (!walk_still_valid(s, &w)) {
             /* retry: a guest table write raced with us */
         } else if (write && mv__sh_gfn_protected(s, w.gfn)) {
             kind = MV_SHADOW_EMULATE; /* the leaf's frame is a table, maybe of this path */
         } else {
-            build(s, sv, &w, nxe, gb);
+            build(s, sv, &w, path, nxe, gb);
         }
     }
     s->faults[kind]++;
