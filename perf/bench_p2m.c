@@ -128,14 +128,6 @@ static int fx_setup(void *user, int threads)
     return fixture_get();
 }
 
-static inline uint64_t xorshift(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *s = x;
-}
 
 /*
  * The next gfn of a chase: from the frame the last lookup found (so each lookup waits for
@@ -163,7 +155,7 @@ static void run_lookup(mvb_state_t *st, void *user)
     mv_gfn_t g = 1;
     while (mvb_keep_running_batch(st, &n)) {
         for (uint64_t i = 0; i < n; i++) {
-            g = b->chase ? g : xorshift(&seed) % gfns;
+            g = b->chase ? g : mvb_xorshift(&seed) % gfns;
             mv_mfn_t m;
             if (b->flat) {
                 m = flat[g];
@@ -198,7 +190,7 @@ static void run_lookup_many(mvb_state_t *st, void *user)
         for (uint64_t i = 0; i < n; i += BATCH) {
             size_t m = n - i < BATCH ? (size_t)(n - i) : BATCH;
             for (size_t k = 0; k < m; k++)
-                gfns[k] = xorshift(&seed) % fx.gfns;
+                gfns[k] = mvb_xorshift(&seed) % fx.gfns;
             if (mv_p2m_lookup_many(fx.d4k, gfns, m, out)) {
                 mvb_skip_with_error(st, "lookup failed");
                 break;
@@ -225,7 +217,7 @@ static void run_set_entry(mvb_state_t *st, void *user)
     uint64_t seed = 0x9e3779b97f4a7c15ull, n, k = 0;
     while (mvb_keep_running_batch(st, &n)) {
         for (uint64_t i = 0; i < n; i++, k++) {
-            mv_gfn_t g = xorshift(&seed) % fx.gfns;
+            mv_gfn_t g = mvb_xorshift(&seed) % fx.gfns;
             unsigned type = (k & 1) ? MV_P2M_RAM_RW : MV_P2M_RAM_RO;
             int rc = mv_p2m_set_entry(fx.d4k, g, fx.flat[g], 0, type, MV_P2M_RWX);
             if (rc) {
@@ -400,7 +392,7 @@ static void run_ld_pass(mvb_state_t *st, void *user)
     while (mvb_keep_running_batch(st, &n)) {
         for (uint64_t i = 0; i < n; i++) {
             /* Dirty the pages (untimed): a stride walk from a random start, no repeats. */
-            mv_gfn_t g = xorshift(&seed) % fx.gfns;
+            mv_gfn_t g = mvb_xorshift(&seed) % fx.gfns;
             uint64_t stride = fx.gfns / (want ? want : 1);
             for (uint64_t k = 0; k < want; k++, g = (g + stride) % fx.gfns)
                 mv_p2m_write_fault(fx.d4k, g);

@@ -128,21 +128,7 @@ static struct {
     uint64_t *leaves;             /* the baselines' output: one leaf per page */
 } fx;
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
-static inline uint64_t xorshift(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *s = x;
-}
 
 /* ---- The fixture ------------------------------------------------------------------------- */
 
@@ -179,7 +165,7 @@ static int host_get(void)
     for (uint32_t i = 0; i < S_PAGES; i++)
         fx.perm[i] = i;
     for (uint32_t i = S_PAGES - 1; i > 0; i--) {
-        uint32_t j = (uint32_t)(xorshift(&seed) % (i + 1));
+        uint32_t j = (uint32_t)(mvb_xorshift(&seed) % (i + 1));
         uint32_t t = fx.perm[i];
         fx.perm[i] = fx.perm[j];
         fx.perm[j] = t;
@@ -434,11 +420,11 @@ static void run_fault_leaf(mvb_state_t *st, void *user)
         uint64_t timed = 0;
         for (uint64_t done = 0; done < n && !rc;) {
             uint32_t k = n - done < GROUP ? (uint32_t)(n - done) : GROUP;
-            uint64_t t0 = now_ns();
+            uint64_t t0 = mvb_now_ns();
             rc = invlpg_group(v, pos, k);
-            uint64_t t1 = now_ns();
+            uint64_t t1 = mvb_now_ns();
             first_error(&rc, fault_group(v, pos, k));
-            uint64_t t2 = now_ns();
+            uint64_t t2 = mvb_now_ns();
             timed += b->time_invlpg ? t1 - t0 : t2 - t1;
             pos = (pos + k) % S_PAGES;
             done += k;
@@ -491,10 +477,10 @@ static void run_emulated_write(mvb_state_t *st, void *user)
         uint64_t timed = 0;
         for (uint64_t done = 0; done < n && !rc;) {
             uint64_t m = n - done < 8 ? n - done : 8;
-            uint64_t t0 = now_ns();
+            uint64_t t0 = mvb_now_ns();
             for (uint64_t i = 0; i < m; i++, k++)
                 first_error(&rc, mv_shadow_emulate_write(g->v, gpa, &val[k & 1], 8));
-            timed += now_ns() - t0;
+            timed += mvb_now_ns() - t0;
             first_error(&rc, fault(g->v, S_VA_EMU)); /* the guest uses what it mapped */
             done += m;
         }
@@ -615,10 +601,10 @@ static void run_fault_in_1g(mvb_state_t *st, void *user)
         for (uint64_t i = 0; i < n && !rc; i++) {
             if ((rc = mv_shadow_blow(g->d)))
                 break;
-            uint64_t t0 = now_ns();
+            uint64_t t0 = mvb_now_ns();
             for (uint64_t p = 0; p < B_PAGES; p++)
                 first_error(&rc, fault(g->v, VA_BASE + (p << MV_PAGE_SHIFT)));
-            mvb_add_manual_time(st, (double)(now_ns() - t0) * 1e-9);
+            mvb_add_manual_time(st, (double)(mvb_now_ns() - t0) * 1e-9);
             if (!rc && stats_of(g->d).shadows[1] != 512)
                 rc = MV_ENOENT;
         }
