@@ -293,6 +293,78 @@ static inline bool shd_agrees(mv_host_t *h, mv_domain_t *d, mv_paddr_t root, uin
     return true;
 }
 
+/* The gfn of domain d that maps machine frame m (by its m2p word, checked against the p2m),
+ * or MV_INVALID_GFN. */
+static inline mv_gfn_t shd_gfn_of(mv_host_t *h, mv_domain_t *d, mv_mfn_t m)
+{
+    struct mv_page_info pi = {.size = sizeof(pi)};
+    struct mv_p2m_entry pe;
+    if (mv_page_info(h, m, &pi) || pi.owner != mv_domain_id(d) || pi.gfn == MV_INVALID_GFN ||
+        mv_p2m_lookup(d, pi.gfn, &pe) || pe.mfn != m)
+        return MV_INVALID_GFN;
+    return pi.gfn;
+}
+
+static inline uint64_t shd_agree_below(mv_host_t *h, mv_domain_t *d, mv_paddr_t root,
+                                       uint64_t cr3, const struct mv_vcpu_state *st,
+                                       mv_mfn_t table, int lv, uint64_t va)
+{
+    const uint64_t *t = mv_frame_va(h, table);
+    assert_non_null(t);
+    uint64_t n = 0;
+    for (unsigned i = 0; i < 512; i++) {
+        uint64_t e = __atomic_load_n(&t[i], __ATOMIC_ACQUIRE);
+        if (!(e & PTE_P))
+            continue;
+        uint64_t a = va | (uint64_t)i << (12 + 9 * lv);
+        if (a & (1ull << 47))
+            a |= 0xffff000000000000ull;
+        if (lv > 0)
+            n += shd_agree_below(h, d, root, cr3, st, (e & PTE_ADDR) >> 12, lv - 1, a);
+        else
+            n += shd_agrees(h, d, root, cr3, a, st);
+    }
+    return n;
+}
+
+/*
+ * Every translation the shadow root holds, each checked with shd_agrees (right after a
+ * resync point: a CR3 load or a flush of the vCPU); the count.
+ */
+static inline uint64_t shd_all_agree(mv_host_t *h, mv_domain_t *d, mv_paddr_t root,
+                                     uint64_t cr3, const struct mv_vcpu_state *st)
+{
+    return shd_agree_below(h, d, root, cr3, st, root >> 12, 3, 0);
+}
+
+/* No leaf of any shadow lets the guest write a frame whose writes must trap (a guest page
+ * table in sync), or RAM that is not the domain's. The count of writable leaves. */
+static inline uint64_t shd_no_writable_table(mv_host_t *h, mv_domain_t *d)
+{
+    struct sh_domain *s = sh_of(d);
+    uint64_t n = 0;
+    for (uint32_t pi = 0; pi < s->budget; pi++) {
+        struct sh_page *sp = &s->pages[pi];
+        if (sp->state != SLOT_USED || !sh_type_leafy(sp->type))
+            continue;
+        const uint64_t *t = sh_table(s, sp);
+        for (unsigned i = 0; i < 512; i++) {
+            uint64_t e = t[i];
+            if (!(e & PTE_P) || !(e & PTE_W))
+                continue;
+            mv_mfn_t m = (e & PTE_ADDR) >> 12;
+            if (!mv_frame_va(h, m))
+                continue; /* beyond machine memory: an mmio range passed through */
+            mv_gfn_t g = shd_gfn_of(h, d, m);
+            if (g == MV_INVALID_GFN || mv__sh_gfn_protected(s, g))
+                fail_msg("shadow %u (type %u, gfn %#llx) entry %u: writable onto gfn %#llx",
+                         pi, sp->type, (unsigned long long)sp->gfn, i, (unsigned long long)g);
+            n++;
+        }
+    }
+    return n;
+}
+
 /*
  * The full contract for a read of va: the fault handler's outcome is the one the guest's
  * tables call for (INJECT with their error code, MMIO for a gfn with no RAM, otherwise

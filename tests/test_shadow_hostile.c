@@ -1222,6 +1222,626 @@ static void test_table_written_during_write_protect(void **state)
     shd_kill(h, d);
 }
 
+/* ---- A guest that rewrites its own tables without pause ---------------------------------- */
+
+/*
+ * Two vCPUs rewrite the guest's tables at every level, the roots included, 100000 times and
+ * more, with values of every kind: not present (with attacker-chosen address bits), the next
+ * table down, the table itself, any table of any level, 2 MiB and 1 GiB leaves, reserved
+ * bits, frames with no RAM behind them. Between the writes they fault, INVLPG, load CR3 and
+ * flush; once with out-of-sync L1s (the default) and once with MV_DOMF_SHADOW_SYNC.
+ *
+ * The guest writes its tables as its kernel would: through a window of its address space
+ * (L4 slot HG_WIN, the kernel half) that maps every table frame as data, so a write traps
+ * when the shadow leaf is read-only and goes straight to memory when it is writable (an L1
+ * out of sync). Other writes go through whatever the hostile entries map - tables aliased at
+ * any level through 4 KiB, 2 MiB and 1 GiB leaves - and some come from the instruction
+ * emulator directly. The guest only spares the window's own tables.
+ *
+ * Checked: each fault's outcome against the guest's tables (hg_expect); no write ever lands
+ * in a frame whose writes must trap; at every resync point (a CR3 load, a flush) every
+ * translation the vCPU's root holds agrees with the guest's tables through the p2m and no
+ * shadow leaf anywhere lets the guest write a page-table frame that is not out of sync.
+ * Between resync points an out-of-sync L1 may lag behind the guest, as a TLB may, except
+ * where the engine promises otherwise, and that is checked too: right after an emulated
+ * write, translations through the entries it wrote; right after a fault that linked a
+ * shadow anew, every translation below the new link. A "kmap" pattern (an L1 entry set,
+ * its address invalidated and used, the entry put back without an invalidation) makes a
+ * guest value come back to what a snapshot holds. The pool stays within its budget after
+ * every operation, the statistics match the calls made, the audit is clean every 4096
+ * operations and at the end.
+ */
+#define HG_VCPUS 2u
+#define HG_RAM 1024u        /* two 2 MiB extents */
+#define HG_POOL 48u         /* 16 frames above the floor of two vCPUs */
+#define HG_WRITES 100000u   /* table writes per pass, at least */
+#define HG_WIN 300u         /* the window's L4 slot */
+#define HG_W3 20ull         /* the window's tables: never named by a hostile entry */
+#define HG_W2 21ull
+#define HG_W1 22ull
+#define HG_DATA 64ull       /* data gfns [64, 128) */
+#define HG_NDATA 64u
+#define HG_HOLE 3000ull     /* within the width, no RAM */
+#define HG_SPAN 8u          /* indices 0..7 used at each level */
+
+/* The tables the guest rewrites: three roots, two L3s, three L2s, eight L1s. */
+static const mv_gfn_t hg_table[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+#define HG_NTABLES (sizeof(hg_table) / sizeof(hg_table[0]))
+
+/* The level each table serves at in the guest's own tree (3: L4 .. 0: L1). */
+static unsigned hg_level(mv_gfn_t t) { return t <= 3 ? 3 : t <= 5 ? 2 : t <= 8 ? 1 : 0; }
+
+static uint64_t hg_win_va(mv_gfn_t t) { return shd_va(HG_WIN, 0, 0, (unsigned)t); }
+
+struct hg {
+    mv_domain_t *d;
+    struct sh_domain *s;
+    bool sync;
+    mv_vcpu_t *v[HG_VCPUS];
+    mv_paddr_t root[HG_VCPUS];
+    uint64_t cr3[HG_VCPUS];
+    struct mv_vcpu_state st[HG_VCPUS];
+    mv_mfn_t mfn[HG_RAM]; /* the p2m never changes here: frames by gfn, for reverse lookups */
+    struct th_rng r;
+    /* What the test did, to hold the statistics against. */
+    uint64_t emulated, faults, kinds[MV_SHADOW_NR_KINDS];
+    uint64_t writes, direct, direct_l1, resync_points, leaves_checked, invlpgs;
+    uint64_t fixed_then_protected, linked_checks, kmaps;
+    struct mv_shadow_stats last;
+};
+
+/* The gfn of a machine frame of the guest, or MV_INVALID_GFN. */
+static mv_gfn_t hg_gfn(const struct hg *g, mv_mfn_t m)
+{
+    for (mv_gfn_t x = 0; x < HG_RAM; x++)
+        if (g->mfn[x] == m)
+            return x;
+    return MV_INVALID_GFN;
+}
+
+static bool hg_window_table(mv_gfn_t x) { return x >= HG_W3 && x <= HG_W1; }
+
+/* An entry a hostile guest might write at level lv of table `self`. */
+static uint64_t hg_entry(struct th_rng *r, unsigned lv, mv_gfn_t self)
+{
+    uint64_t x = th_rand(r), k = x % 100;
+    x >>= 7;
+    uint64_t fl = PTE_P | ((x & 1) ? PTE_W : 0) | ((x & 2) ? PTE_U : 0) |
+                  ((x & 0x1c) ? PTE_A : 0) | ((x & 0x20) ? PTE_D : 0) |
+                  ((x & 0x3c0) == 0 ? PTE_NX : 0);
+    x >>= 10;
+    mv_gfn_t to;
+    if (k < 10)
+        return 0;
+    if (k < 15)
+        return th_rand(r) & ~PTE_P; /* not present, any address bits */
+    if (k < 58) {                   /* the next table down, or data */
+        if (lv == 0)
+            to = HG_DATA + x % HG_NDATA;
+        else if (lv == 3)
+            to = 4 + x % 2;
+        else if (lv == 2)
+            to = 6 + x % 3;
+        else
+            to = 9 + x % 8;
+        fl |= PTE_W | PTE_A | ((x & 0x100) ? PTE_D : 0);
+    } else if (k < 70) {
+        to = self; /* itself: a recursive slot, or an L1 that maps its own frame */
+    } else if (k < 82) {
+        to = hg_table[x % HG_NTABLES]; /* a table of any level */
+    } else if (k < 88) {
+        /* A superpage: 2 MiB over tables (0), over RAM (512), over no RAM (1024); 1 GiB
+         * over everything; at L4 and in L1s, PS is reserved or PAT. */
+        static const mv_gfn_t base2m[] = {0, 512, 1024};
+        to = lv == 1 ? base2m[x % 3] : lv == 0 ? HG_DATA + x % HG_NDATA : 0;
+        fl |= PTE_PS | PTE_A;
+    } else if (k < 93) {
+        to = HG_DATA + x % HG_NDATA;
+        fl |= 1ull << (40 + (x >> 8) % 12); /* beyond the 40-bit width */
+    } else if (k < 96) {
+        to = lv == 2 ? 2 : 512 + 2; /* a misaligned superpage (bit 13 set) */
+        fl |= PTE_PS | PTE_A;
+    } else {
+        to = (x & 1) ? HG_HOLE : (1ull << 27) + (x >> 1) % 4096; /* no RAM */
+    }
+    return to << 12 | fl;
+}
+
+/*
+ * Translations to check below a shadow table: all of them (NULL), or, scanning only the
+ * indices guest addresses use here (0..63, and the window's L4 slot), those whose path goes
+ * through entries [first, last] of one of the shadow tables `tab` (or all, with in = true).
+ */
+struct hg_mark {
+    mv_mfn_t tab[SH_NR_TYPES];
+    unsigned n, first, last;
+};
+
+static uint64_t hg_leaves(struct hg *g, unsigned c, mv_mfn_t table, int lv, uint64_t va,
+                          const struct hg_mark *m, bool in)
+{
+    const uint64_t *t = mv_frame_va(h, table);
+    bool marked = false;
+    for (unsigned k = 0; m && k < m->n; k++)
+        marked |= m->tab[k] == table;
+    uint64_t n = 0;
+    for (unsigned i = 0; i < 512; i++) {
+        if (m && i >= 64 && !(lv == 3 && i == HG_WIN))
+            continue;
+        uint64_t e = __atomic_load_n(&t[i], __ATOMIC_ACQUIRE);
+        if (!(e & PTE_P))
+            continue;
+        bool sub = in || (marked && i >= m->first && i <= m->last);
+        uint64_t a = va | (uint64_t)i << (12 + 9 * lv);
+        if (a & (1ull << 47))
+            a |= 0xffff000000000000ull;
+        if (lv > 0) {
+            n += hg_leaves(g, c, (e & PTE_ADDR) >> 12, lv - 1, a, m, sub);
+        } else if (!m || sub) {
+            assert_true(shd_agrees(h, g->d, g->root[c], g->cr3[c], a, &g->st[c]));
+            n++;
+        }
+    }
+    return n;
+}
+
+/* The shadow entries on va's path from vCPU c's root: e[3] in the root .. e[1]; 0 past
+ * the first entry not present. */
+static void hg_path(const struct hg *g, unsigned c, uint64_t va, uint64_t e[4])
+{
+    mv_mfn_t t = g->root[c] >> 12;
+    memset(e, 0, 4 * sizeof(e[0]));
+    for (int lv = 3; lv >= 1; lv--) {
+        const uint64_t *tab = mv_frame_va(h, t);
+        e[lv] = __atomic_load_n(&tab[(va >> (12 + 9 * lv)) & 511], __ATOMIC_ACQUIRE);
+        if (!(e[lv] & PTE_P))
+            return;
+        t = (e[lv] & PTE_ADDR) >> 12;
+    }
+}
+
+/*
+ * A fault linked a shadow anew under the highest entry of va's path that changed: whatever
+ * lies below it was brought in sync first (oos.c: the staleness the guest allowed for the
+ * walks that went through an out-of-sync L1 must not reach walks that never did).
+ */
+static void hg_linked_anew(struct hg *g, unsigned c, uint64_t va, const uint64_t before[4])
+{
+    uint64_t now[4];
+    hg_path(g, c, va, now);
+    for (int lv = 3; lv >= 1; lv--) {
+        if (!(now[lv] & PTE_P))
+            return;
+        if ((before[lv] & PTE_P) && !((before[lv] ^ now[lv]) & PTE_ADDR))
+            continue;
+        static const struct hg_mark all = {.n = 0};
+        uint64_t prefix = va & ~((1ull << (12 + 9 * lv)) - 1);
+        g->linked_checks++;
+        g->leaves_checked += hg_leaves(g, c, (now[lv] & PTE_ADDR) >> 12, lv - 1, prefix, &all,
+                                       true);
+        return;
+    }
+}
+
+/*
+ * After an emulated write of entries [first, last] of gfn x (old: what they held): each is
+ * revalidated in every shadow of x, so a translation through it agrees with the guest's
+ * tables at once - through a leaf entry always, through an upper entry when the write
+ * linked it to another table (what lies below was brought in sync first). Checked for
+ * every translation of vCPU c's root that goes through one of them.
+ */
+static void hg_after_emulated(struct hg *g, unsigned c, mv_gfn_t x, unsigned first,
+                              unsigned last, const uint64_t *old)
+{
+    struct hg_mark m = {.first = first, .last = last};
+    bool anew = false;
+    for (unsigned i = first; i <= last; i++) {
+        uint64_t nw = gget(g->d, x, i), ok = PTE_P | PTE_A;
+        anew |= (nw & ok) == ok && ((old[i - first] & ok) != ok ||
+                                    ((old[i - first] ^ nw) & (PTE_ADDR | PTE_PS)));
+    }
+    for (unsigned t = SH_L1; t <= SH_L4; t++) {
+        uint32_t pi = mv__sh_lookup(g->s, x, t);
+        if (pi != SH_NIL && (t == SH_L1 || anew))
+            m.tab[m.n++] = g->s->pages[pi].smfn;
+    }
+    if (m.n)
+        g->leaves_checked += hg_leaves(g, c, g->root[c] >> 12, 3, 0, &m, false);
+}
+
+/* What the guest's tables say of an access, against what the fault handler answered. */
+static void hg_expect(struct hg *g, unsigned c, uint64_t va, uint32_t ec, uint32_t kind,
+                      uint32_t code, mv_paddr_t gpa)
+{
+    struct gw w = gwalk(g->d, g->cr3[c], va, ec, &g->st[c]);
+    if (!w.ok) {
+        if (kind != MV_SHADOW_INJECT || code != w.pfec)
+            fail_msg("va %#llx ec %#x: the guest's tables fault (%#x), outcome %u (%#x)",
+                     (unsigned long long)va, ec, w.pfec, kind, code);
+        return;
+    }
+    if ((ec & MV_PFEC_W) && !w.w) { /* CR0.WP is set */
+        assert_int_equal(kind, MV_SHADOW_INJECT);
+        assert_int_equal(code, MV_PFEC_P | (ec & (MV_PFEC_W | MV_PFEC_U)));
+        return;
+    }
+    mv_paddr_t want = w.gfn << 12 | (va & 0xfff);
+    if (!p2m_is_ram(shd_p2m(g->d, w.gfn).type)) {
+        assert_int_equal(kind, MV_SHADOW_MMIO);
+        assert_int_equal(gpa, want);
+        return;
+    }
+    if (kind == MV_SHADOW_EMULATE) {
+        /* Only a write to a frame whose writes must trap is emulated. */
+        assert_true(ec & MV_PFEC_W);
+        assert_int_equal(gpa, want);
+        assert_true(mv__sh_gfn_protected(g->s, w.gfn));
+        return;
+    }
+    assert_int_equal(kind, MV_SHADOW_FIXED);
+    /* The shadow now translates va as the guest does, and allows the access. */
+    assert_true(shd_agrees(h, g->d, g->root[c], g->cr3[c], va, &g->st[c]));
+    /* A write either may go now, or its frame became a table meanwhile (the walk linked
+     * an out-of-sync L1 anew and resynced it, its own target included): then the retry
+     * faults again and is emulated. */
+    if ((ec & MV_PFEC_W) && !swalk(h, g->root[c], va).w) {
+        assert_true(mv__sh_gfn_protected(g->s, w.gfn));
+        g->fixed_then_protected++;
+    }
+}
+
+static uint32_t hg_fault(struct hg *g, unsigned c, uint64_t va, uint32_t ec, mv_paddr_t *gpa)
+{
+    struct mv_shadow_outcome o;
+    uint64_t before[4];
+    hg_path(g, c, va, before);
+    assert_int_equal(mv_shadow_page_fault(g->v[c], va, ec, 0, &o), 0);
+    assert_true(o.kind < MV_SHADOW_NR_KINDS);
+    g->faults++;
+    g->kinds[o.kind]++;
+    hg_expect(g, c, va, ec, o.kind, o.error_code, o.gpa);
+    if (o.kind == MV_SHADOW_FIXED)
+        hg_linked_anew(g, c, va, before);
+    *gpa = o.gpa;
+    return o.kind;
+}
+
+/* A read at va, as the hardware does it: a fault only when the shadow has no translation. */
+static void hg_read(struct hg *g, unsigned c, uint64_t va)
+{
+    if (swalk(h, g->root[c], va).present)
+        return; /* the TLB's business: it may lag behind an out-of-sync L1 until invalidated */
+    mv_paddr_t gpa;
+    (void)hg_fault(g, c, va, 0, &gpa);
+}
+
+/*
+ * The hardware's write of n words at va (n = 1, 2), or of a compare-exchange of one word
+ * (cmp non-NULL: the value the guest read): straight to the frame when the shadow lets it,
+ * else the fault and what its outcome says. False when nothing was written (the guest took
+ * a fault, or the write would have hit the window's tables).
+ */
+static bool hg_write(struct hg *g, unsigned c, uint64_t va, const uint64_t *vals, unsigned n,
+                     const uint64_t *cmp)
+{
+    for (int tries = 0; tries < 3; tries++) {
+        struct sw s = swalk(h, g->root[c], va);
+        if (s.present && s.w) {
+            mv_gfn_t x = hg_gfn(g, s.mfn);
+            if (x == MV_INVALID_GFN)
+                fail_msg("va %#llx: writable onto mfn %#llx, no frame of the guest",
+                         (unsigned long long)va, (unsigned long long)s.mfn);
+            if (mv__sh_gfn_protected(g->s, x))
+                fail_msg("va %#llx: a write to table gfn %#llx would not trap",
+                         (unsigned long long)va, (unsigned long long)x);
+            if (hg_window_table(x))
+                return false;
+            uint64_t *p = (uint64_t *)((uint8_t *)mv_frame_va(h, s.mfn) + (va & 0xff8));
+            if (cmp) {
+                uint64_t exp = *cmp;
+                assert_true(__atomic_compare_exchange_n(p, &exp, vals[0], false,
+                                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+            } else {
+                for (unsigned i = 0; i < n; i++)
+                    __atomic_store_n(&p[i], vals[i], __ATOMIC_RELEASE);
+            }
+            g->direct++;
+            g->direct_l1 += mv__sh_lookup(g->s, x, SH_L1) != SH_NIL;
+            return true;
+        }
+        mv_paddr_t gpa;
+        uint32_t kind = hg_fault(g, c, va, MV_PFEC_W | (s.present ? MV_PFEC_P : 0), &gpa);
+        if (kind == MV_SHADOW_FIXED)
+            continue;
+        if (kind != MV_SHADOW_EMULATE || hg_window_table(gpa >> 12))
+            return false;
+        mv_gfn_t x = gpa >> 12;
+        unsigned i = (unsigned)(gpa & 0xfff) / 8;
+        uint64_t old[2];
+        for (unsigned k = 0; k < n; k++)
+            old[k] = gget(g->d, x, i + k);
+        if (cmp) {
+            uint64_t exp = *cmp;
+            assert_int_equal(mv_shadow_emulate_cmpxchg(g->v[c], gpa, &exp, vals[0], 8), 0);
+        } else {
+            assert_int_equal(mv_shadow_emulate_write(g->v[c], gpa, vals, 8 * n), 0);
+        }
+        g->emulated++;
+        hg_after_emulated(g, c, x, i, i + n - 1, old);
+        return true;
+    }
+    fail_msg("va %#llx: no write after a fixed fault", (unsigned long long)va);
+    return false;
+}
+
+/* No shadow leaf of the pool lets the guest write a frame whose writes must trap. */
+static void hg_no_writable_table(struct hg *g)
+{
+    struct sh_domain *s = g->s;
+    for (uint32_t pi = 0; pi < s->budget; pi++) {
+        struct sh_page *sp = &s->pages[pi];
+        if (sp->state != SLOT_USED || !sh_type_leafy(sp->type))
+            continue;
+        const uint64_t *t = sh_table(s, sp);
+        for (unsigned i = 0; i < 512; i++) {
+            uint64_t e = t[i];
+            if (!(e & PTE_P) || !(e & PTE_W))
+                continue;
+            mv_gfn_t x = hg_gfn(g, (e & PTE_ADDR) >> 12);
+            if (x == MV_INVALID_GFN || mv__sh_gfn_protected(s, x))
+                fail_msg("shadow %u (type %u, gfn %#llx) entry %u: writable onto gfn %#llx",
+                         pi, sp->type, (unsigned long long)sp->gfn, i, (unsigned long long)x);
+        }
+    }
+}
+
+/* A CR3 load or a flush just brought vCPU c's view in sync: all of it is checked. */
+static void hg_resync_point(struct hg *g, unsigned c)
+{
+    g->leaves_checked += hg_leaves(g, c, g->root[c] >> 12, 3, 0, NULL, false);
+    hg_no_writable_table(g);
+    g->resync_points++;
+}
+
+/* After every operation: the pool within its budget, the counters what the calls made. */
+static void hg_stats(struct hg *g)
+{
+    struct mv_shadow_stats st = shd_stats(g->d), *o = &g->last;
+    assert_int_equal(st.budget, HG_POOL);
+    assert_true(st.pool_frames <= st.budget);
+    uint64_t shadows = 0, faults = 0;
+    for (unsigned t = 1; t < SH_NR_TYPES; t++)
+        shadows += st.shadows[t];
+    for (unsigned k = 0; k < MV_SHADOW_NR_KINDS; k++) {
+        faults += st.faults[k];
+        assert_int_equal(st.faults[k], g->kinds[k]);
+    }
+    assert_true(shadows <= st.pool_frames);
+    assert_int_equal(faults, g->faults);
+    assert_int_equal(st.emulated_writes, g->emulated);
+    assert_true(st.oos_pages <= (g->sync ? 0 : HG_VCPUS * MV_SHADOW_OOS_DEFAULT));
+    assert_true(st.unsyncs >= st.resyncs + st.oos_pages); /* the rest were dropped */
+    assert_true(st.unsyncs >= o->unsyncs && st.resyncs >= o->resyncs);
+    assert_true(st.resync_fixed >= o->resync_fixed && st.evictions >= o->evictions);
+    assert_true(st.zapped >= o->zapped && st.unshadowed_early >= o->unshadowed_early);
+    assert_true(st.unshadowed_freed >= o->unshadowed_freed);
+    if (g->sync)
+        assert_true(st.unsyncs == 0 && st.resyncs == 0 && st.resync_fixed == 0);
+    *o = st;
+}
+
+static void hg_build(struct hg *g)
+{
+    mv_domain_t *d = g->d;
+    const uint64_t tb = TABLE | PTE_A, leaf = TABLE | PTE_A | PTE_D;
+    for (mv_gfn_t r = 1; r <= 3; r++) {
+        gpoke(d, r, 0, (4 + r % 2) << 12 | tb);
+        gpoke(d, r, 1, 5ull << 12 | tb);
+        gpoke(d, r, HG_WIN, HG_W3 << 12 | tb);
+    }
+    gpoke(d, 4, 0, 6ull << 12 | tb);
+    gpoke(d, 4, 1, 7ull << 12 | tb);
+    gpoke(d, 5, 0, 8ull << 12 | tb);
+    gpoke(d, 5, 1, 6ull << 12 | tb);
+    for (unsigned i = 0; i < 4; i++) {
+        gpoke(d, 6, i, (9ull + i) << 12 | tb);
+        gpoke(d, 7, i, (13ull + i) << 12 | tb);
+    }
+    gpoke(d, 8, 0, 9ull << 12 | tb);
+    gpoke(d, 8, 1, 13ull << 12 | tb);
+    gpoke(d, 8, 2, 512ull << 12 | leaf | PTE_PS);
+    for (mv_gfn_t t = 9; t <= 16; t++)
+        for (unsigned i = 0; i < HG_SPAN; i++)
+            gpoke(d, t, i, (HG_DATA + 8 * (t - 9) + i) << 12 | leaf);
+    gpoke(d, HG_W3, 0, HG_W2 << 12 | tb);
+    gpoke(d, HG_W2, 0, HG_W1 << 12 | tb);
+    for (mv_gfn_t x = 0; x < HG_DATA; x++)
+        gpoke(d, HG_W1, (unsigned)x, x << 12 | leaf);
+}
+
+/* The guest L1 entry that translates va (x, i), by the guest's own tables; false if none. */
+static bool hg_leaf_slot(struct hg *g, unsigned c, uint64_t va, mv_gfn_t *x, unsigned *i)
+{
+    mv_gfn_t t = g->cr3[c] >> 12;
+    for (int lv = 3; lv >= 0; lv--) {
+        unsigned idx = (unsigned)(va >> (12 + 9 * lv)) & 511;
+        if (t >= HG_RAM)
+            return false;
+        uint64_t e = gget(g->d, t, idx);
+        if (!(e & PTE_P) || (lv > 0 && (e & PTE_PS)))
+            return false;
+        if (lv == 0) {
+            *x = t;
+            *i = idx;
+            return true;
+        }
+        t = (e & PTE_ADDR) >> 12;
+    }
+    return false;
+}
+
+static uint64_t hg_universe_va(struct th_rng *r)
+{
+    uint64_t x = th_rand(r);
+    return shd_va(x & 7, (x >> 3) & 7, (x >> 6) & 7, (x >> 9) & 7);
+}
+
+static void hg_load_cr3(struct hg *g, unsigned c, mv_gfn_t l4)
+{
+    g->cr3[c] = l4 << 12;
+    assert_int_equal(mv_shadow_set_cr3(g->v[c], g->cr3[c], &g->root[c]), 0);
+    hg_resync_point(g, c);
+}
+
+static void hg_pass(uint32_t id, bool sync, uint64_t seed)
+{
+    static struct hg g; /* too big for cmocka's stack budget, and one pass at a time */
+    memset(&g, 0, sizeof(g));
+    g.sync = sync;
+    g.r.s = seed;
+    struct mv_domain_config cfg = {.size = sizeof(cfg), .domid = id, .type = MV_DOMAIN_HVM,
+                                   .paging = MV_PAGING_SHADOW, .nr_vcpus = HG_VCPUS,
+                                   .max_pages = HG_RAM, .node_affinity = MV_NODE_ANY,
+                                   .flags = sync ? MV_DOMF_SHADOW_SYNC : 0,
+                                   .shadow_pool_pages = HG_POOL};
+    assert_int_equal(mv_domain_create(h, &cfg, &g.d), 0);
+    for (mv_gfn_t x = 0; x < HG_RAM; x += 512) {
+        uint64_t done;
+        assert_int_equal(mv_populate_physmap(g.d, &x, 1, 9, MV_NODE_ANY, &done), 0);
+    }
+    for (mv_gfn_t x = 0; x < HG_RAM; x++)
+        g.mfn[x] = shd_mfn(g.d, x);
+    g.s = sh_of(g.d);
+    hg_build(&g);
+    g.last = shd_stats(g.d);
+    for (unsigned c = 0; c < HG_VCPUS; c++) {
+        g.v[c] = mv_domain_vcpu(g.d, c);
+        shd_mode(g.v[c], true, true); /* NX and 1 GiB pages, the same on both */
+        g.st[c] = shd_state(g.v[c]);
+        hg_load_cr3(&g, c, 1 + c);
+    }
+    unsigned c = 0;
+    uint64_t ops = 0;
+    while (g.writes < HG_WRITES) {
+        struct th_rng *r = &g.r;
+        if (th_rand_below(r, 64) == 0)
+            c = (unsigned)th_rand_below(r, HG_VCPUS);
+        unsigned op = (unsigned)th_rand_below(r, 1000);
+        /* A table to write: L1s most often, the roots too. */
+        unsigned pick = (unsigned)th_rand_below(r, 100);
+        mv_gfn_t t = pick < 55 ? 9 + th_rand_below(r, 8)
+                     : pick < 75 ? 6 + th_rand_below(r, 3)
+                     : pick < 87 ? 4 + th_rand_below(r, 2)
+                                 : 1 + th_rand_below(r, 3);
+        unsigned idx = (unsigned)th_rand_below(r, HG_SPAN);
+        if (op < 560) {
+            /* A table entry written through the window. */
+            uint64_t e = hg_entry(r, hg_level(t), t);
+            hg_write(&g, c, hg_win_va(t) + 8 * idx, &e, 1, NULL);
+            g.writes++;
+        } else if (op < 590) {
+            /* Two entries in one 16-byte write (an SSE store, a REP MOVS chunk). */
+            uint64_t two[2] = {hg_entry(r, hg_level(t), t), hg_entry(r, hg_level(t), t)};
+            hg_write(&g, c, hg_win_va(t) + 8 * (idx & ~1u), two, 2, NULL);
+            g.writes++;
+        } else if (op < 620) {
+            /* LOCK CMPXCHG of an entry the guest has just read: A toggled, or replaced. */
+            uint64_t old = gget(g.d, t, idx);
+            uint64_t nw = th_rand_below(r, 2) ? old ^ PTE_A : hg_entry(r, hg_level(t), t);
+            hg_write(&g, c, hg_win_va(t) + 8 * idx, &nw, 1, &old);
+            g.writes++;
+        } else if (op < 680) {
+            /* A write through whatever the hostile entries map at a random address. */
+            uint64_t e = hg_entry(r, (unsigned)th_rand_below(r, 4), t);
+            hg_write(&g, c, hg_universe_va(r) + 8 * th_rand_below(r, HG_SPAN), &e, 1, NULL);
+            g.writes++;
+        } else if (op < 720) {
+            /* The emulator writes a table for an instruction of its own. */
+            uint64_t e = hg_entry(r, hg_level(t), t), old = gget(g.d, t, idx);
+            assert_int_equal(mv_shadow_emulate_write(g.v[c], t << 12 | 8 * idx, &e, 8), 0);
+            g.emulated++;
+            g.writes++;
+            hg_after_emulated(&g, c, t, idx, idx, &old);
+        } else if (op < 850) {
+            hg_read(&g, c, hg_universe_va(r));
+        } else if (op < 880) {
+            /* kmap: a PTE set, its address invalidated and used, the PTE put back - and
+             * only sometimes invalidated again (until then the new translation may stay). */
+            uint64_t va = hg_universe_va(r);
+            mv_gfn_t x;
+            unsigned i;
+            if (!hg_leaf_slot(&g, c, va, &x, &i) || x < 1 || x > 16)
+                continue;
+            uint64_t old = gget(g.d, x, i), nw = hg_entry(r, 0, x);
+            hg_write(&g, c, hg_win_va(x) + 8 * i, &nw, 1, NULL);
+            assert_int_equal(mv_shadow_invlpg(g.v[c], va), 0);
+            hg_read(&g, c, va);
+            hg_write(&g, c, hg_win_va(x) + 8 * i, &old, 1, NULL);
+            if (th_rand_below(r, 2))
+                assert_int_equal(mv_shadow_invlpg(g.v[c], va), 0);
+            g.writes += 2;
+            g.kmaps++;
+        } else if (op < 950) {
+            uint64_t va = hg_universe_va(r);
+            assert_int_equal(mv_shadow_invlpg(g.v[c], va), 0);
+            assert_false(swalk(h, g.root[c], va).present);
+            g.invlpgs++;
+            if (th_rand_below(r, 2))
+                hg_read(&g, c, va); /* rebuilt from the guest's entry as it is now */
+        } else if (op < 985) {
+            hg_load_cr3(&g, c, 1 + th_rand_below(r, 3));
+        } else {
+            assert_int_equal(mv_shadow_flush(g.v[c]), 0);
+            hg_resync_point(&g, c);
+        }
+        hg_stats(&g);
+        if (++ops % 4096 == 0)
+            th_assert_audit_clean(h);
+    }
+    for (c = 0; c < HG_VCPUS; c++) {
+        assert_int_equal(mv_shadow_flush(g.v[c]), 0);
+        hg_resync_point(&g, c);
+    }
+    hg_stats(&g);
+    /* Every kind of outcome came up, the pool was too small for the guest, every resync
+     * point had translations to check. */
+    struct mv_shadow_stats st = g.last;
+    for (unsigned k = 0; k < MV_SHADOW_NR_KINDS; k++)
+        if (k != MV_SHADOW_DENIED)
+            assert_true(g.kinds[k] > 0);
+    assert_int_equal(g.kinds[MV_SHADOW_DENIED], 0);
+    assert_true(st.evictions > 0 && g.leaves_checked > g.resync_points);
+    if (sync) {
+        /* Every write to a table trapped. */
+        assert_int_equal(g.direct_l1, 0);
+        assert_int_equal(st.oos_pages, 0);
+    } else {
+        /* Out-of-sync L1s took writes that never trapped, and resyncs found them. */
+        assert_true(g.direct_l1 > 1000);
+        assert_true(st.unsyncs > 0 && st.resyncs > 0 && st.resync_fixed > 0);
+    }
+    print_message("hostile writer (%s): %llu ops, %llu writes (%llu direct, %llu to L1s), "
+                  "%llu emulated, %llu resync points (%llu translations), unsyncs %llu "
+                  "resyncs %llu fixed %llu, evictions %llu, fixed writes still trapping %llu, "
+                  "subtrees linked anew %llu, kmaps %llu\n",
+                  sync ? "in sync" : "out of sync", (unsigned long long)ops,
+                  (unsigned long long)g.writes, (unsigned long long)g.direct,
+                  (unsigned long long)g.direct_l1, (unsigned long long)g.emulated,
+                  (unsigned long long)g.resync_points, (unsigned long long)g.leaves_checked,
+                  (unsigned long long)st.unsyncs, (unsigned long long)st.resyncs,
+                  (unsigned long long)st.resync_fixed, (unsigned long long)st.evictions,
+                  (unsigned long long)g.fixed_then_protected,
+                  (unsigned long long)g.linked_checks, (unsigned long long)g.kmaps);
+    shd_kill(h, g.d);
+}
+
+static void test_table_writer_loop(void **state)
+{
+    (void)state;
+    hg_pass(15, false, 0x7ab1e5);
+    hg_pass(16, true, 0x7ab1e5);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1238,6 +1858,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_refcount_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_abandoned_table_written, setup, teardown),
         cmocka_unit_test_setup_teardown(test_table_written_during_write_protect, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_table_writer_loop, setup, teardown),
     };
     return cmocka_run_group_tests_name("shadow_hostile", tests, NULL, NULL);
 }
