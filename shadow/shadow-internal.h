@@ -170,6 +170,7 @@ struct sh_walk {
     uint64_t va;
     uint64_t seq;          /* the p2m's sequence number before the walk read it */
     uint64_t e[4];         /* entries read, [3] = L4; after A/D update */
+    uint64_t dropped[4];   /* A/D bits set in e[] whose write a read-only table dropped */
     mv_gfn_t tgfn[4];      /* gfn of the table read at each level */
     mv_mfn_t tmfn[4];      /* ... and the frame the p2m gave for it */
     struct mv_p2m_entry leaf_pe; /* the leaf gfn's p2m entry, under the same number */

@@ -385,7 +385,8 @@ static bool walk_still_valid(struct sh_domain *s, const struct sh_walk *w)
         /* The table frames the walk found still hold their gfns: the p2m's sequence
          * number has not moved (checked under this lock by the caller). */
         unsigned idx = (unsigned)((w->va >> (12 + 9 * l)) & 511);
-        uint64_t e = sh_read((const uint64_t *)mv__mfn_va(s->d->h, w->tmfn[l]) + idx);
+        uint64_t e = sh_read((const uint64_t *)mv__mfn_va(s->d->h, w->tmfn[l]) + idx) |
+                     w->dropped[l];
         if (((e ^ w->e[l]) & ~ad) || (w->e[l] & ad & ~e))
             return false;
     }

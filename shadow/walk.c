@@ -80,14 +80,18 @@ static bool permits(const struct sh_walk *w, uint32_t ec, uint32_t access,
     return true;
 }
 
-/* Set bits in a guest entry as the hardware's locked update does. */
+/*
+ * Set bits in a guest entry as the hardware's locked update does: 0, 1 when the table is
+ * read-only to the guest (ram_ro, ram_shared: the write is dropped, the access goes on),
+ * MV_EAGAIN when the entry or the p2m changed under us.
+ */
 static int set_bits(mv_domain_t *d, mv_gfn_t gfn, unsigned idx, uint64_t old, uint64_t bits)
 {
     struct mv_p2m_entry pe;
     if (mv_p2m_lookup(d, gfn, &pe) || !p2m_is_ram(pe.type))
         return MV_EAGAIN;
     if (pe.type == MV_P2M_RAM_RO || pe.type == MV_P2M_RAM_SHARED)
-        return 0; /* the write is dropped, as for any guest write to such a page */
+        return 1; /* the write is dropped, as for any guest write to such a page */
     struct mv_frame *f = mv__frame(d->h, pe.mfn);
     if (!f || mv__get_page(d, f))
         return MV_EAGAIN;
@@ -134,6 +138,8 @@ int mv__sh_walk(mv_vcpu_t *v, uint64_t cr3, uint64_t va, uint32_t ec, uint32_t a
     w->seq = mv_p2m_seq(d);
     w->w = w->u = true;
     w->nx = false;
+    for (int l = 0; l < 4; l++)
+        w->dropped[l] = 0;
     int lv;
     for (lv = 3;; lv--) {
         unsigned idx = (unsigned)((va >> (12 + 9 * lv)) & 511);
@@ -179,8 +185,10 @@ int mv__sh_walk(mv_vcpu_t *v, uint64_t cr3, uint64_t va, uint32_t ec, uint32_t a
             continue;
         unsigned idx = (unsigned)((va >> (12 + 9 * l)) & 511);
         int rc = set_bits(d, w->tgfn[l], idx, w->e[l], bits);
-        if (rc)
+        if (rc < 0)
             return rc;
+        if (rc == 1) /* a read-only table: the access goes on as if they had been set */
+            w->dropped[l] |= bits & ~w->e[l];
         w->e[l] |= bits;
     }
     return 0;

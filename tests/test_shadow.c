@@ -257,6 +257,35 @@ static void test_shadow_frames_unmappable(void **state)
     kill_dom(d);
 }
 
+/*
+ * Page tables in read-only guest memory (ram_ro): the accessed and dirty bits the walk
+ * cannot write are dropped and the access goes on; the fault is fixed, not retried for ever.
+ */
+static void test_tables_in_rom(void **state)
+{
+    (void)state;
+    mv_domain_t *d = make_dom(12);
+    build_tree(d);
+    gput(d, G_L1, 0, (16ull << 12) | PTE_P | PTE_W | PTE_U); /* A and D clear */
+    uint64_t done;
+    assert_int_equal(mv_p2m_change_type_range(d, G_L1, 1, MV_P2M_RAM_RW, MV_P2M_RAM_RO, &done),
+                     0);
+    mv_vcpu_t *v = mv_domain_vcpu(d, 0);
+    mv_paddr_t root;
+    assert_int_equal(mv_shadow_set_cr3(v, G_L4 << 12, &root), 0);
+    assert_int_equal(fault(v, VA_BASE, MV_PFEC_U, 0, NULL), MV_SHADOW_FIXED);
+    struct sw r = swalk(root, VA_BASE);
+    assert_true(r.present);
+    assert_int_equal(r.mfn, mfn_of(d, 16));
+    assert_false(gget(d, G_L1, 0) & PTE_A); /* the table is read-only: nothing written */
+    assert_int_equal(fault(v, VA_BASE, MV_PFEC_U | MV_PFEC_W | MV_PFEC_P, 0, NULL),
+                     MV_SHADOW_FIXED);
+    r = swalk(root, VA_BASE);
+    assert_true(r.present && r.w);
+    assert_false(gget(d, G_L1, 0) & PTE_D);
+    kill_dom(d);
+}
+
 static void test_error_codes(void **state)
 {
     (void)state;
@@ -731,6 +760,7 @@ int main(void)
         cmocka_unit_test(test_fault_builds_leaf),
         cmocka_unit_test(test_phys_write_revalidates),
         cmocka_unit_test(test_shadow_frames_unmappable),
+        cmocka_unit_test(test_tables_in_rom),
         cmocka_unit_test(test_error_codes),
         cmocka_unit_test(test_superpages),
         cmocka_unit_test(test_emulated_pte_writes),

@@ -1703,7 +1703,8 @@ static void hg_pass(uint32_t id, bool sync, uint64_t seed)
                                    .paging = MV_PAGING_SHADOW, .nr_vcpus = HG_VCPUS,
                                    .max_pages = HG_RAM, .node_affinity = MV_NODE_ANY,
                                    .flags = sync ? MV_DOMF_SHADOW_SYNC : 0,
-                                   .shadow_pool_pages = HG_POOL};
+                                   .shadow_pool_pages = HG_POOL,
+                                   .shadow_pool_max_pages = HG_POOL};
     assert_int_equal(mv_domain_create(h, &cfg, &g.d), 0);
     for (mv_gfn_t x = 0; x < HG_RAM; x += 512) {
         uint64_t done;
