@@ -461,10 +461,17 @@ static bool ram_type_change_ok(unsigned from, unsigned to)
     return f && t;
 }
 
-/* Retype [first, first + count) from -> to, splintering partly covered superpages;
+/* The type a retype to `want` writes (lock held): while logging, nothing becomes writable
+ * without a fault (I14). Read under the lock, since logging may start at any moment. */
+static unsigned retype_target(const struct mv_p2m *p, unsigned want)
+{
+    return want == MV_P2M_RAM_RW && p->logdirty ? MV_P2M_RAM_LOGDIRTY : want;
+}
+
+/* Retype [first, first + count) from -> want, splintering partly covered superpages;
  * one notification per call; budgeted (MV_EAGAIN, *done gfns examined). */
 static int retype_range(mv_domain_t *d, mv_gfn_t first, uint64_t count, unsigned from,
-                        unsigned to, uint64_t *done)
+                        unsigned want, uint64_t *done)
 {
     struct mv_p2m *p = p2m_of(d);
     mv_host_t *h = d->h;
@@ -473,9 +480,20 @@ static int retype_range(mv_domain_t *d, mv_gfn_t first, uint64_t count, unsigned
     int rc = mv__p2m_lock_cache(p, 1);
     if (rc)
         return rc;
+    unsigned to = retype_target(p, want);
+    if (from == to) {
+        /* Logging makes ram_rw ram_logdirty, which is what the range holds already. */
+        mv_spin_unlock(&p->lock);
+        *done = count;
+        return 0;
+    }
     mv__p2m_invalidate_start(p, first, count);
     bool reduced = false;
     while (pos < count) {
+        if (from == to) {
+            pos = count; /* logging started while the lock was dropped: as above */
+            break;
+        }
         if (!budget) {
             rc = MV_EAGAIN;
             break;
@@ -503,6 +521,7 @@ static int retype_range(mv_domain_t *d, mv_gfn_t first, uint64_t count, unsigned
                         *done = pos;
                         return rc;
                     }
+                    to = retype_target(p, want);
                     mv__p2m_invalidate_start(p, first, count);
                     continue;
                 }
@@ -546,9 +565,6 @@ MV_API int mv_p2m_change_type_range(mv_domain_t *d, mv_gfn_t first, uint64_t cou
         return MV_ERANGE;
     if (mv__domain_dying(d))
         return MV_ESRCH;
-    /* While logging, nothing becomes writable without a fault (I14). */
-    if (to == MV_P2M_RAM_RW && p->logdirty)
-        to = MV_P2M_RAM_LOGDIRTY;
     if (!count || from == to)
         return 0;
     return retype_range(d, first, count, from, to, done);
