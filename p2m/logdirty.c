@@ -196,7 +196,11 @@ MV_API int mv_p2m_logdirty_enable(mv_domain_t *d)
     /* Bitmap chunks for every range that holds RAM now; a few rounds catch late populates. */
     for (int attempt = 0;; attempt++) {
         bool missing = false;
+        /* Lock-free, as a lookup: inside an epoch section, or a table retired meanwhile
+         * could be freed and reused (as a guest page, say) under the walk. */
+        uint32_t slot = mv__epoch_enter(d->h);
         chunks_with_ram(p, p->root, P2M_LEVELS - 1, 0, dir, &missing);
+        mv__epoch_exit(d->h, slot);
         for (uint64_t c = 0; c < chunks; c++) {
             if (dir[c] != 0)
                 continue;

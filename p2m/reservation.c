@@ -69,7 +69,7 @@ static void write_extent(struct mv_p2m *p, mv_gfn_t gfn, unsigned order, mv_mfn_
     }
 }
 
-/* Every gfn of the extent unmapped? (lock held, or racy outside it) */
+/* Every gfn of the extent unmapped? (lock held, or - racy - in an epoch section) */
 static bool extent_empty(const struct mv_p2m *p, mv_gfn_t gfn, uint64_t n)
 {
     for (mv_gfn_t g = gfn; g < gfn + n;) {
@@ -99,7 +99,11 @@ MV_API int mv_populate_physmap(mv_domain_t *d, const mv_gfn_t *gfns, uint64_t co
         mv_gfn_t gfn = gfns[i];
         if ((rc = check_extent(p, gfn, n)))
             return rc;
-        if (!extent_empty(p, gfn, n))
+        /* A lock-free look first, as a lookup (tables retired meanwhile stay readable). */
+        uint32_t slot = mv__epoch_enter(d->h);
+        bool empty = extent_empty(p, gfn, n);
+        mv__epoch_exit(d->h, slot);
+        if (!empty)
             return MV_EEXIST;
         mv_mfn_t mfn;
         if ((rc = mv__domain_alloc(d, order, node, MV_ALLOC_ZERO, &mfn)))
