@@ -20,9 +20,9 @@
  * (p->pool_next, p->pool_left) that grows with the tree (up to 2 MiB), so that a big guest's
  * tables sit together.
  *
- * A mutator takes the lock through mv__p2m_lock_cache(), which returns only once the cache
- * holds what the mutator's next step may take (its worst case, at most P2M_STEP_TABLES).
- * When it does not, the caller's thread allocates a batch of that many frames with no lock
+ * A mutator takes the lock through mv__p2m_lock_cache() (p2m-internal.h), which returns
+ * only once the cache holds what the mutator's next step may take (its worst case, at most
+ * P2M_STEP_TABLES). When it does not (mv__p2m_lock_cache_refill), the caller's thread allocates a batch of that many frames with no lock
  * held, takes the lock, moves the batch in and - if the cache was still short - carries on
  * with the lock held: frames it just added cannot have been taken meanwhile, so a refill
  * never has to be repeated for want of frames (no livelock between refillers). Frames that
@@ -116,14 +116,10 @@ static void batch_give_back(struct mv_p2m *p, struct p2m_batch *b)
     }
 }
 
-int mv__p2m_lock_cache(struct mv_p2m *p, unsigned need)
+int mv__p2m_lock_cache_refill(struct mv_p2m *p, unsigned need)
 {
     MV_ASSERT(need <= P2M_STEP_TABLES);
     for (;;) {
-        mv_spin_lock(&p->lock);
-        if (MV_LIKELY(mv__p2m_cache_has(p, need)))
-            return 0;
-        mv_spin_unlock(&p->lock);
         struct p2m_batch b = {.nr = 0};
         int rc = batch_fill(p, &b, need);
         mv_spin_lock(&p->lock);
@@ -137,6 +133,11 @@ int mv__p2m_lock_cache(struct mv_p2m *p, unsigned need)
         batch_give_back(p, &b);
         if (!enough && rc)
             return rc;
+        /* Another thread refilled it first: look again. */
+        mv_spin_lock(&p->lock);
+        if (mv__p2m_cache_has(p, need))
+            return 0;
+        mv_spin_unlock(&p->lock);
     }
 }
 

@@ -27,16 +27,6 @@ static _Atomic uint64_t *chunk_words(const struct mv_p2m *p, uint64_t c)
     return (_Atomic uint64_t *)(void *)ept_va(p->d->h, p->ld_dir[c]);
 }
 
-bool mv__p2m_ld_ready(const struct mv_p2m *p, mv_gfn_t gfn, uint64_t n)
-{
-    if (!p->logdirty)
-        return true;
-    for (uint64_t c = gfn / LD_CHUNK_GFNS; c <= (gfn + n - 1) / LD_CHUNK_GFNS; c++)
-        if (p->ld_dir[c] == MV_INVALID_MFN)
-            return false;
-    return true;
-}
-
 static int alloc_chunk(struct mv_p2m *p, mv_mfn_t *m)
 {
     mv_domain_t *d = p->d;

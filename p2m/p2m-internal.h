@@ -221,14 +221,8 @@ static inline bool mv__p2m_cache_has(const struct mv_p2m *p, unsigned need)
     return p->nr_topup + p->pool_left >= need;
 }
 
-/*
- * Take the p2m lock with the table cache holding at least `need` (<= P2M_STEP_TABLES)
- * frames, refilling it from the heap with the lock dropped as often as it takes. 0 with
- * the lock held; MV_ENOMEM (no lock held) when the frames cannot be had. Called with no
- * engine lock held. A caller that finds under the lock that it needs more (a walk showed a
- * superpage to splinter) unlocks, calls again with the larger need and re-checks.
- */
-int mv__p2m_lock_cache(struct mv_p2m *p, unsigned need);
+/* The cache was short: refill it, then as mv__p2m_lock_cache (below). No lock held. */
+int mv__p2m_lock_cache_refill(struct mv_p2m *p, unsigned need);
 /* Return the cache's frames to the heap (no lock held; takes the lock briefly). */
 void mv__p2m_topup_drain(struct mv_p2m *p);
 
@@ -258,11 +252,8 @@ void mv__p2m_flush_gphys(struct mv_p2m *p);
  * was mapped. */
 bool mv__p2m_unlink_range(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n);
 
-/*
- * Take the p2m lock with the table cache holding `tables` frames and, if n, the log-dirty
- * bitmap ready for [gfn, gfn + n) (p2m.c). 0 with the lock held, or an error without it.
- */
-int mv__p2m_lock_ready(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n, unsigned tables);
+/* The bitmap was not ready: as mv__p2m_lock_ready (below), with no lock held (p2m.c). */
+int mv__p2m_lock_ready_prepare(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n, unsigned tables);
 
 /* Free every table of the tree (teardown; no lock held). */
 void mv__p2m_free_tables(struct mv_p2m *p);
@@ -274,7 +265,15 @@ void mv__p2m_free_tables(struct mv_p2m *p);
 /* Bitmap chunks for [gfn, gfn + n) exist if logging (no lock held; may allocate). */
 int mv__p2m_ld_prepare(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n);
 /* While logging: do the chunks for [gfn, gfn + n) exist? (lock held) */
-bool mv__p2m_ld_ready(const struct mv_p2m *p, mv_gfn_t gfn, uint64_t n);
+static inline bool mv__p2m_ld_ready(const struct mv_p2m *p, mv_gfn_t gfn, uint64_t n)
+{
+    if (!p->logdirty)
+        return true;
+    for (uint64_t c = gfn / LD_CHUNK_GFNS; c <= (gfn + n - 1) / LD_CHUNK_GFNS; c++)
+        if (p->ld_dir[c] == MV_INVALID_MFN)
+            return false;
+    return true;
+}
 /* Mark [gfn, gfn + n) dirty if logging (lock held, chunks ready). */
 void mv__p2m_mark_dirty(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n);
 /*
@@ -286,6 +285,38 @@ int mv__p2m_engine_wrote(mv_domain_t *d, mv_gfn_t gfn, uint64_t n);
 bool mv__p2m_is_dirty(const struct mv_p2m *p, mv_gfn_t gfn);
 /* Free the bitmap (teardown; no lock held). */
 void mv__p2m_ld_free(struct mv_p2m *p);
+
+/* ---- Taking the lock for a step (inline: the fast paths are the write fault's) ------- */
+
+/*
+ * Take the p2m lock with the table cache holding at least `need` (<= P2M_STEP_TABLES)
+ * frames, refilling it from the heap with the lock dropped as often as it takes. 0 with
+ * the lock held; MV_ENOMEM (no lock held) when the frames cannot be had. Called with no
+ * engine lock held. A caller that finds under the lock that it needs more (a walk showed a
+ * superpage to splinter) unlocks, calls again with the larger need and re-checks.
+ */
+static inline int mv__p2m_lock_cache(struct mv_p2m *p, unsigned need)
+{
+    mv_spin_lock(&p->lock);
+    if (MV_LIKELY(mv__p2m_cache_has(p, need)))
+        return 0;
+    mv_spin_unlock(&p->lock);
+    return mv__p2m_lock_cache_refill(p, need);
+}
+
+/*
+ * Take the p2m lock with the table cache holding `tables` frames and, if n, the log-dirty
+ * bitmap ready for [gfn, gfn + n). 0 with the lock held, or an error without it.
+ */
+static inline int mv__p2m_lock_ready(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n,
+                                     unsigned tables)
+{
+    int rc = mv__p2m_lock_cache(p, tables);
+    if (MV_LIKELY(rc || !n || mv__p2m_ld_ready(p, gfn, n)))
+        return rc;
+    mv_spin_unlock(&p->lock);
+    return mv__p2m_lock_ready_prepare(p, gfn, n, tables);
+}
 
 extern const struct mv_module_ops mv__p2m_module;
 

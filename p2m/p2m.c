@@ -291,24 +291,23 @@ bool mv__p2m_unlink_range(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n)
 }
 
 /*
- * Take the p2m lock with the table cache holding `tables` frames and the log-dirty bitmap
- * ready for [gfn, gfn + n): both are filled without the lock, so a few rounds may be needed
- * when logging starts meanwhile (bounded: MV_EBUSY). The common case is one acquisition.
+ * mv__p2m_lock_ready found the log-dirty bitmap not ready for [gfn, gfn + n): allocate its
+ * chunks with no lock held and take the lock again. Logging may start meanwhile, so a few
+ * rounds may be needed (bounded: MV_EBUSY).
  */
-int mv__p2m_lock_ready(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n, unsigned tables)
+int mv__p2m_lock_ready_prepare(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n, unsigned tables)
 {
-    for (int attempt = 0;; attempt++) {
-        int rc = mv__p2m_lock_cache(p, tables);
+    for (int attempt = 0; attempt < 4; attempt++) {
+        int rc = mv__p2m_ld_prepare(p, gfn, n);
+        if (!rc)
+            rc = mv__p2m_lock_cache(p, tables);
         if (rc)
             return rc;
-        if (!n || mv__p2m_ld_ready(p, gfn, n))
+        if (mv__p2m_ld_ready(p, gfn, n))
             return 0;
         mv_spin_unlock(&p->lock);
-        if (attempt == 4)
-            return MV_EBUSY;
-        if ((rc = mv__p2m_ld_prepare(p, gfn, n)))
-            return rc;
     }
+    return MV_EBUSY;
 }
 
 /* The commit of set_entry and friends: lock held, the cache holding
