@@ -5,13 +5,39 @@
  * Readers walk with atomic loads and no lock (mv_p2m_lookup, inside an epoch section);
  * writers hold the p2m lock. A new table is filled completely before one release store
  * publishes it, so a reader sees either the old leaf or the finished table, never a torn
- * state. Table frames come from the topup cache filled before the lock (nothing is
- * allocated under it); tables leave the tree through the epoch scheme, never straight to
- * the heap.
+ * state. Table frames come from the domain's table cache, which the lock guards and which
+ * is refilled with the lock dropped (nothing is allocated under it); tables leave the tree
+ * through the epoch scheme, never straight to the heap.
  */
 #include "p2m-internal.h"
 
-/* The next pool chunk: about a quarter of the tree's size, 1 to 512 frames. */
+/* ---- The table cache --------------------------------------------------------------------
+ *
+ * KVM fills its MMU memory caches before it takes mmu_lock; Xen's p2m takes its tables from
+ * the paging pool under the paging lock. We do both: the cache is per domain, shared by
+ * every mutator, and guarded by the p2m lock; it is refilled from the heap with the p2m lock
+ * dropped. It holds loose frames (p->topup[]) and the rest of a chunk of contiguous frames
+ * (p->pool_next, p->pool_left) that grows with the tree (up to 2 MiB), so that a big guest's
+ * tables sit together.
+ *
+ * A mutator takes the lock through mv__p2m_lock_cache() (p2m-internal.h), which returns
+ * only once the cache holds what the mutator's next step may take (its worst case, at most
+ * P2M_STEP_TABLES). When it does not (mv__p2m_lock_cache_refill), the caller's thread allocates a batch of that many frames with no lock
+ * held, takes the lock, moves the batch in and - if the cache was still short - carries on
+ * with the lock held: frames it just added cannot have been taken meanwhile, so a refill
+ * never has to be repeated for want of frames (no livelock between refillers). Frames that
+ * do not fit (another thread refilled first) go back to the heap after the unlock.
+ */
+
+/* Frames a refill brings (or a drain takes away), held by one thread with no lock. */
+struct p2m_batch {
+    mv_mfn_t loose[P2M_LOOSE];
+    unsigned nr;
+    mv_mfn_t next;     /* the rest of the last chunk allocated */
+    uint64_t left;
+};
+
+/* The next chunk: about a quarter of the tree's size, 1 to 512 frames. */
 static unsigned pool_order(const struct mv_p2m *p)
 {
     uint64_t tables = atomic_load_explicit(&p->table_frames, memory_order_relaxed);
@@ -21,11 +47,13 @@ static unsigned pool_order(const struct mv_p2m *p)
     return order;
 }
 
-int mv__p2m_topup(struct mv_p2m *p)
+/* Allocate `need` loose frames into b, chunk by chunk (no lock held). */
+static int batch_fill(struct mv_p2m *p, struct p2m_batch *b, unsigned need)
 {
     mv_domain_t *d = p->d;
-    while (p->nr_topup < P2M_TOPUP) {
-        if (!p->pool_left) {
+    MV_ASSERT2(!mv__lock_order_held(&p->lock)); /* the heap is never entered under it */
+    while (b->nr < need) {
+        if (!b->left) {
             unsigned order = pool_order(p);
             mv_mfn_t m;
             int rc = mv__heap_alloc(d->h, order, d->node_affinity, MV_ALLOC_ZERO,
@@ -36,14 +64,37 @@ int mv__p2m_topup(struct mv_p2m *p)
             for (uint64_t i = 0; i < (1ull << order); i++)
                 atomic_store_explicit(&mv__frame(d->h, m + i)->flags, mv__pgf_head(0),
                                       memory_order_relaxed);
-            p->pool_next = m;
-            p->pool_left = 1ull << order;
-            atomic_fetch_add_explicit(&d->overhead_pages, p->pool_left, memory_order_relaxed);
+            b->next = m;
+            b->left = 1ull << order;
+            atomic_fetch_add_explicit(&d->overhead_pages, b->left, memory_order_relaxed);
         }
-        p->topup[p->nr_topup++] = p->pool_next++;
-        p->pool_left--;
+        b->loose[b->nr++] = b->next++;
+        b->left--;
     }
     return 0;
+}
+
+/*
+ * Move a batch into the cache (lock held); what does not fit stays in b. The batch's chunk
+ * replaces the cache's when the cache's rest fits among the loose frames. When the cache
+ * holds fewer than need frames and b holds need loose ones, everything fits: the rest of
+ * the cache's chunk and its loose frames are fewer than need, so the loose frames end
+ * fewer than 2 * need <= P2M_LOOSE.
+ */
+static void batch_merge(struct mv_p2m *p, struct p2m_batch *b)
+{
+    mv__assert_held(&p->lock);
+    if (b->left && p->nr_topup + p->pool_left <= P2M_LOOSE) {
+        while (p->pool_left) {
+            p->topup[p->nr_topup++] = p->pool_next++;
+            p->pool_left--;
+        }
+        p->pool_next = b->next;
+        p->pool_left = b->left;
+        b->left = 0;
+    }
+    while (b->nr && p->nr_topup < P2M_LOOSE)
+        p->topup[p->nr_topup++] = b->loose[--b->nr];
 }
 
 static void give_back(struct mv_p2m *p, mv_mfn_t m)
@@ -54,25 +105,73 @@ static void give_back(struct mv_p2m *p, mv_mfn_t m)
     atomic_fetch_sub_explicit(&p->d->overhead_pages, 1, memory_order_relaxed);
 }
 
-void mv__p2m_topup_drain(struct mv_p2m *p)
+/* Return a batch's frames to the heap (no lock held). */
+static void batch_give_back(struct mv_p2m *p, struct p2m_batch *b)
 {
-    while (p->nr_topup)
-        give_back(p, p->topup[--p->nr_topup]);
-    while (p->pool_left) {
-        give_back(p, p->pool_next++);
-        p->pool_left--;
+    while (b->nr)
+        give_back(p, b->loose[--b->nr]);
+    while (b->left) {
+        give_back(p, b->next++);
+        b->left--;
     }
 }
 
-/* A zeroed table frame from the topup cache, now engine-internal. */
+int mv__p2m_lock_cache_refill(struct mv_p2m *p, unsigned need)
+{
+    MV_ASSERT(need <= P2M_STEP_TABLES);
+    for (;;) {
+        struct p2m_batch b = {.nr = 0};
+        int rc = batch_fill(p, &b, need);
+        mv_spin_lock(&p->lock);
+        batch_merge(p, &b);
+        p->cache_refills++;
+        bool enough = mv__p2m_cache_has(p, need);
+        if (enough && !b.nr && !b.left)
+            return 0; /* with the lock held: nobody took what we brought */
+        p->cache_surplus += b.nr || b.left;
+        mv_spin_unlock(&p->lock);
+        batch_give_back(p, &b);
+        if (!enough && rc)
+            return rc;
+        /* Another thread refilled it first: look again. */
+        mv_spin_lock(&p->lock);
+        if (mv__p2m_cache_has(p, need))
+            return 0;
+        mv_spin_unlock(&p->lock);
+    }
+}
+
+void mv__p2m_topup_drain(struct mv_p2m *p)
+{
+    struct p2m_batch b = {.nr = 0};
+    mv_spin_lock(&p->lock);
+    while (p->nr_topup)
+        b.loose[b.nr++] = p->topup[--p->nr_topup];
+    b.next = p->pool_next;
+    b.left = p->pool_left;
+    p->pool_left = 0;
+    mv_spin_unlock(&p->lock);
+    batch_give_back(p, &b);
+}
+
+/* A zeroed table frame from the cache, now engine-internal (lock held). */
 static mv_mfn_t take_table(struct mv_p2m *p)
 {
-    MV_ASSERT(p->nr_topup > 0);
-    mv_mfn_t m = p->topup[--p->nr_topup];
+    mv__assert_held(&p->lock);
+    mv_mfn_t m;
+    if (p->nr_topup) {
+        m = p->topup[--p->nr_topup];
+    } else {
+        MV_ASSERT(p->pool_left > 0); /* the caller made sure, under the lock */
+        m = p->pool_next++;
+        p->pool_left--;
+    }
     atomic_store_explicit(&mv__frame(p->d->h, m)->owner, MV_OWNER_INTERNAL, memory_order_release);
     atomic_fetch_add_explicit(&p->table_frames, 1, memory_order_relaxed);
     return m;
 }
+
+/* ---- Leaves ------------------------------------------------------------------------------ */
 
 void mv__p2m_account(struct mv_p2m *p, mv_ept_t e, unsigned level, int sign)
 {

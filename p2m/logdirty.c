@@ -27,16 +27,6 @@ static _Atomic uint64_t *chunk_words(const struct mv_p2m *p, uint64_t c)
     return (_Atomic uint64_t *)(void *)ept_va(p->d->h, p->ld_dir[c]);
 }
 
-bool mv__p2m_ld_ready(const struct mv_p2m *p, mv_gfn_t gfn, uint64_t n)
-{
-    if (!p->logdirty)
-        return true;
-    for (uint64_t c = gfn / LD_CHUNK_GFNS; c <= (gfn + n - 1) / LD_CHUNK_GFNS; c++)
-        if (p->ld_dir[c] == MV_INVALID_MFN)
-            return false;
-    return true;
-}
-
 static int alloc_chunk(struct mv_p2m *p, mv_mfn_t *m)
 {
     mv_domain_t *d = p->d;
@@ -100,7 +90,7 @@ int mv__p2m_engine_wrote(mv_domain_t *d, mv_gfn_t gfn, uint64_t n)
     struct mv_p2m *p = p2m_of(d);
     if (!p)
         return MV_EINVAL;
-    int rc = mv__p2m_lock_ready(p, gfn, n);
+    int rc = mv__p2m_lock_ready(p, gfn, n, 0);
     if (rc)
         return rc;
     mv__p2m_mark_dirty(p, gfn, n);
@@ -196,7 +186,11 @@ MV_API int mv_p2m_logdirty_enable(mv_domain_t *d)
     /* Bitmap chunks for every range that holds RAM now; a few rounds catch late populates. */
     for (int attempt = 0;; attempt++) {
         bool missing = false;
+        /* Lock-free, as a lookup: inside an epoch section, or a table retired meanwhile
+         * could be freed and reused (as a guest page, say) under the walk. */
+        uint32_t slot = mv__epoch_enter(d->h);
         chunks_with_ram(p, p->root, P2M_LEVELS - 1, 0, dir, &missing);
+        mv__epoch_exit(d->h, slot);
         for (uint64_t c = 0; c < chunks; c++) {
             if (dir[c] != 0)
                 continue;
@@ -338,19 +332,27 @@ MV_API int mv_p2m_write_fault(mv_domain_t *d, mv_gfn_t gfn)
         return rc;
     if (e.type == MV_P2M_RAM_RW) /* writable: a stale translation; narrowed: refused */
         return (e.access & MV_P2M_W) ? 0 : MV_EACCES;
-    if ((rc = mv__p2m_topup(p)) || (rc = mv__p2m_ld_prepare(p, gfn, 1)))
-        return rc;
-    mv_spin_lock(&p->lock);
+    /*
+     * Under the lock: the bitmap chunk for gfn, and a table frame for each level the
+     * superpage around gfn (if any) is splintered down; a 4 KiB entry needs none, which
+     * is the common case. The walk tells how many; short, we refill and look again.
+     */
     struct p2m_walk w;
-    mv__p2m_walk(d->h, p, gfn, &w);
-    unsigned type = w.e ? ept_type(w.e) : MV_P2M_INVALID;
-    if ((rc = classify_write(type)) || type == MV_P2M_RAM_RW || !mv__p2m_ld_ready(p, gfn, 1)) {
-        mv_spin_unlock(&p->lock);
-        if (rc)
+    for (unsigned tables = 0;;) {
+        if ((rc = mv__p2m_lock_ready(p, gfn, 1, tables)))
             return rc;
-        if (type == MV_P2M_RAM_RW)
+        mv__p2m_walk(d->h, p, gfn, &w);
+        unsigned type = w.e ? ept_type(w.e) : MV_P2M_INVALID;
+        if ((rc = classify_write(type)) || type == MV_P2M_RAM_RW) {
+            mv_spin_unlock(&p->lock);
+            if (rc)
+                return rc;
             return (w.e & EPT_W) ? 0 : MV_EACCES;
-        return MV_EAGAIN;
+        }
+        if (MV_LIKELY(mv__p2m_cache_has(p, w.level)))
+            break;
+        mv_spin_unlock(&p->lock);
+        tables = w.level;
     }
     /* Splinter down to the page written: only it becomes writable. */
     while (w.level > 0) {

@@ -104,7 +104,17 @@ static inline mv_ept_t ept_table(mv_mfn_t mfn)
     return (mfn << MV_PAGE_SHIFT) | EPT_RWX;
 }
 
-#define P2M_TOPUP 4u /* table frames one update may need: L3, L2, L1 plus one spare */
+/*
+ * Table frames one step of a mutator may take: a leaf written at `level` may need a new
+ * or splintered table at each level between the root and it (at most L3, L2 and L1).
+ */
+#define P2M_STEP_TABLES (P2M_LEVELS - 1)
+static inline unsigned p2m_write_tables(unsigned level)
+{
+    return P2M_LEVELS - 1 - level;
+}
+/* Loose frames the table cache keeps besides its chunk (ept.c says why twice a step). */
+#define P2M_LOOSE (2 * P2M_STEP_TABLES)
 
 struct mv_p2m {
     mv_domain_t *d;
@@ -118,16 +128,20 @@ struct mv_p2m {
     struct mv_p2m_listener listeners[MV_P2M_MAX_LISTENERS];
     uint32_t nr_listeners;
 
-    /* Table frames taken before the lock (KVM's topup); owner MV_OWNER_TOPUP. */
-    mv_mfn_t topup[P2M_TOPUP];
-    uint32_t nr_topup;
     /*
-     * Where topup frames come from: a chunk of contiguous frames that grows with the tree
-     * (up to 2 MiB), so that a big guest's tables sit together - a random lookup then
-     * misses in the cache for the entry, not also in the TLB for the table.
+     * The table cache (ept.c), under the lock: zeroed frames, owner MV_OWNER_TOPUP, that
+     * the lock's holder makes tables of; refilled from the heap with the lock dropped
+     * (mv__p2m_lock_cache). Loose frames, then the rest of a chunk of contiguous frames
+     * that grows with the tree (up to 2 MiB), so that a big guest's tables sit together -
+     * a random lookup then misses in the cache for the entry, not also in the TLB for the
+     * table.
      */
+    mv_mfn_t topup[P2M_LOOSE];
+    uint32_t nr_topup;
     mv_mfn_t pool_next;
     uint64_t pool_left;
+    uint64_t cache_refills;  /* batches moved in */
+    uint64_t cache_surplus;  /* batches that found the cache refilled by another thread */
 
     /*
      * Log-dirty (logdirty.c), under the lock: a directory of bitmap chunks, each a 4 KiB
@@ -201,20 +215,27 @@ static inline void mv__p2m_walk(const mv_host_t *h, const struct mv_p2m *p, mv_g
     }
 }
 
-/* Fill the topup cache (no lock held). MV_ENOMEM when a frame cannot be had. */
-int mv__p2m_topup(struct mv_p2m *p);
-/* Return topup frames (no lock held). */
+/* Does the table cache hold `need` frames? (lock held) */
+static inline bool mv__p2m_cache_has(const struct mv_p2m *p, unsigned need)
+{
+    return p->nr_topup + p->pool_left >= need;
+}
+
+/* The cache was short: refill it, then as mv__p2m_lock_cache (below). No lock held. */
+int mv__p2m_lock_cache_refill(struct mv_p2m *p, unsigned need);
+/* Return the cache's frames to the heap (no lock held; takes the lock briefly). */
 void mv__p2m_topup_drain(struct mv_p2m *p);
 
 /*
  * Write the leaf for [gfn, gfn + 2^(9*level)) (p2m lock held), creating or splintering
- * tables from the topup cache on the way. The old leaf entry comes back in *old, and the
+ * tables from the table cache on the way. The old leaf entry comes back in *old, and the
  * level of the leaf it belonged to (a bigger superpage has been splintered first, so *old
- * then describes only this range). Cannot fail when the topup cache holds P2M_TOPUP frames.
+ * then describes only this range). Cannot fail when the cache holds p2m_write_tables(level)
+ * frames; takes none when the tables down to `level` exist.
  */
 void mv__p2m_write_leaf(struct mv_p2m *p, mv_gfn_t gfn, unsigned level, mv_ept_t e, mv_ept_t *old);
 
-/* Splinter the superpage leaf of `level` that maps gfn (lock held, one topup frame). */
+/* Splinter the superpage leaf of `level` that maps gfn (lock held, one cache frame). */
 void mv__p2m_splinter_at(struct mv_p2m *p, mv_gfn_t gfn, unsigned level);
 
 /* Account a leaf's appearance (+1) or removal (-1) in the statistics. */
@@ -231,8 +252,8 @@ void mv__p2m_flush_gphys(struct mv_p2m *p);
  * was mapped. */
 bool mv__p2m_unlink_range(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n);
 
-/* Take the p2m lock with the log-dirty bitmap ready for [gfn, gfn + n) (p2m.c). */
-int mv__p2m_lock_ready(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n);
+/* The bitmap was not ready: as mv__p2m_lock_ready (below), with no lock held (p2m.c). */
+int mv__p2m_lock_ready_prepare(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n, unsigned tables);
 
 /* Free every table of the tree (teardown; no lock held). */
 void mv__p2m_free_tables(struct mv_p2m *p);
@@ -244,7 +265,15 @@ void mv__p2m_free_tables(struct mv_p2m *p);
 /* Bitmap chunks for [gfn, gfn + n) exist if logging (no lock held; may allocate). */
 int mv__p2m_ld_prepare(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n);
 /* While logging: do the chunks for [gfn, gfn + n) exist? (lock held) */
-bool mv__p2m_ld_ready(const struct mv_p2m *p, mv_gfn_t gfn, uint64_t n);
+static inline bool mv__p2m_ld_ready(const struct mv_p2m *p, mv_gfn_t gfn, uint64_t n)
+{
+    if (!p->logdirty)
+        return true;
+    for (uint64_t c = gfn / LD_CHUNK_GFNS; c <= (gfn + n - 1) / LD_CHUNK_GFNS; c++)
+        if (p->ld_dir[c] == MV_INVALID_MFN)
+            return false;
+    return true;
+}
 /* Mark [gfn, gfn + n) dirty if logging (lock held, chunks ready). */
 void mv__p2m_mark_dirty(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n);
 /*
@@ -256,6 +285,38 @@ int mv__p2m_engine_wrote(mv_domain_t *d, mv_gfn_t gfn, uint64_t n);
 bool mv__p2m_is_dirty(const struct mv_p2m *p, mv_gfn_t gfn);
 /* Free the bitmap (teardown; no lock held). */
 void mv__p2m_ld_free(struct mv_p2m *p);
+
+/* ---- Taking the lock for a step (inline: the fast paths are the write fault's) ------- */
+
+/*
+ * Take the p2m lock with the table cache holding at least `need` (<= P2M_STEP_TABLES)
+ * frames, refilling it from the heap with the lock dropped as often as it takes. 0 with
+ * the lock held; MV_ENOMEM (no lock held) when the frames cannot be had. Called with no
+ * engine lock held. A caller that finds under the lock that it needs more (a walk showed a
+ * superpage to splinter) unlocks, calls again with the larger need and re-checks.
+ */
+static inline int mv__p2m_lock_cache(struct mv_p2m *p, unsigned need)
+{
+    mv_spin_lock(&p->lock);
+    if (MV_LIKELY(mv__p2m_cache_has(p, need)))
+        return 0;
+    mv_spin_unlock(&p->lock);
+    return mv__p2m_lock_cache_refill(p, need);
+}
+
+/*
+ * Take the p2m lock with the table cache holding `tables` frames and, if n, the log-dirty
+ * bitmap ready for [gfn, gfn + n). 0 with the lock held, or an error without it.
+ */
+static inline int mv__p2m_lock_ready(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n,
+                                     unsigned tables)
+{
+    int rc = mv__p2m_lock_cache(p, tables);
+    if (MV_LIKELY(rc || !n || mv__p2m_ld_ready(p, gfn, n)))
+        return rc;
+    mv_spin_unlock(&p->lock);
+    return mv__p2m_lock_ready_prepare(p, gfn, n, tables);
+}
 
 extern const struct mv_module_ops mv__p2m_module;
 

@@ -3,11 +3,13 @@
  * changes over ranges, mmio and special pages, listeners and statistics.
  *
  * Every mutator follows one shape (STYLE.md 6, validate then commit):
- *   check the arguments and the frames -> fill the topup cache (no lock) -> take the p2m
- *   lock -> re-check what may have raced -> invalidate_start -> write entries, move m2p
- *   back-pointers -> flush guest-physical translations (HAP) -> invalidate_end -> unlock
- *   -> free what left (frames, retired tables) with no lock held.
- * With the topup cache full the commit phase cannot fail.
+ *   check the arguments and the frames -> take the p2m lock with the table cache holding
+ *   what the step may take (refilled with the lock dropped: mv__p2m_lock_cache) -> re-check
+ *   what may have raced -> invalidate_start -> write entries, move m2p back-pointers ->
+ *   flush guest-physical translations (HAP) -> invalidate_end -> unlock -> free what left
+ *   (frames, retired tables) with no lock held.
+ * The cache is shared by the domain's mutators, so it is checked under the lock, never
+ * before it; with it holding the step's worst case the commit phase cannot fail.
  */
 #include <stdlib.h>
 
@@ -289,16 +291,18 @@ bool mv__p2m_unlink_range(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n)
 }
 
 /*
- * Take the p2m lock with the log-dirty bitmap ready for [gfn, gfn + n): chunks are
- * allocated without the lock, so a few rounds may be needed when logging starts meanwhile.
+ * mv__p2m_lock_ready found the log-dirty bitmap not ready for [gfn, gfn + n): allocate its
+ * chunks with no lock held and take the lock again. Logging may start meanwhile, so a few
+ * rounds may be needed (bounded: MV_EBUSY).
  */
-int mv__p2m_lock_ready(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n)
+int mv__p2m_lock_ready_prepare(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n, unsigned tables)
 {
     for (int attempt = 0; attempt < 4; attempt++) {
         int rc = mv__p2m_ld_prepare(p, gfn, n);
+        if (!rc)
+            rc = mv__p2m_lock_cache(p, tables);
         if (rc)
             return rc;
-        mv_spin_lock(&p->lock);
         if (mv__p2m_ld_ready(p, gfn, n))
             return 0;
         mv_spin_unlock(&p->lock);
@@ -306,7 +310,8 @@ int mv__p2m_lock_ready(struct mv_p2m *p, mv_gfn_t gfn, uint64_t n)
     return MV_EBUSY;
 }
 
-/* The commit of set_entry and friends: lock held, topup full, checks done. */
+/* The commit of set_entry and friends: lock held, the cache holding
+ * p2m_write_tables(level) frames (the clearing below takes none), checks done. */
 static void commit_leaf(struct mv_p2m *p, mv_gfn_t gfn, unsigned level, mv_ept_t e)
 {
     uint64_t n = 1ull << (9 * level);
@@ -363,9 +368,7 @@ MV_API int mv_p2m_set_entry(mv_domain_t *d, mv_gfn_t gfn, mv_mfn_t mfn, unsigned
     if (type == MV_P2M_MMIO_DIRECT && (mfn > (EPT_ADDR_MASK >> MV_PAGE_SHIFT) - n ||
                                        overlaps_ram(d->h, mfn, n)))
         return MV_EPERM;
-    if ((rc = mv__p2m_topup(p)))
-        return rc;
-    if ((rc = mv__p2m_lock_ready(p, gfn, n)))
+    if ((rc = mv__p2m_lock_ready(p, gfn, n, p2m_write_tables(level))))
         return rc;
     if ((p2m_is_ram(type) && (rc = check_ram_frames(d, mfn, n, gfn))) ||
         (!rc && range_has_special(p, gfn, n) && (rc = MV_EBUSY))) {
@@ -406,10 +409,9 @@ MV_API int mv_p2m_map_mmio(mv_domain_t *d, mv_gfn_t gfn, mv_mfn_t mfn, uint64_t 
             return MV_EBUSY;
     }
     for (uint64_t i = 0; i < count; i++) {
-        int rc = mv__p2m_topup(p);
+        int rc = mv__p2m_lock_cache(p, p2m_write_tables(0));
         if (rc)
             return rc; /* the gfns mapped so far stay mapped; none is half-mapped */
-        mv_spin_lock(&p->lock);
         commit_leaf(p, gfn + i, 0,
                     ept_leaf(mfn + i, 0, MV_P2M_MMIO_DIRECT, MV_P2M_RWX, mtype, false));
         mv_spin_unlock(&p->lock);
@@ -427,10 +429,9 @@ MV_API int mv_p2m_set_special(mv_domain_t *d, mv_gfn_t gfn, int special)
         return MV_ERANGE;
     if (mv__domain_dying(d))
         return MV_ESRCH;
-    int rc = mv__p2m_topup(p);
+    int rc = mv__p2m_lock_cache(p, p2m_write_tables(0));
     if (rc)
         return rc;
-    mv_spin_lock(&p->lock);
     struct p2m_walk w;
     mv__p2m_walk(d->h, p, gfn, &w);
     if (!w.e || !p2m_is_ram(ept_type(w.e)) || ept_type(w.e) == MV_P2M_RAM_SHARED) {
@@ -459,22 +460,39 @@ static bool ram_type_change_ok(unsigned from, unsigned to)
     return f && t;
 }
 
-/* Retype [first, first + count) from -> to, splintering partly covered superpages;
+/* The type a retype to `want` writes (lock held): while logging, nothing becomes writable
+ * without a fault (I14). Read under the lock, since logging may start at any moment. */
+static unsigned retype_target(const struct mv_p2m *p, unsigned want)
+{
+    return want == MV_P2M_RAM_RW && p->logdirty ? MV_P2M_RAM_LOGDIRTY : want;
+}
+
+/* Retype [first, first + count) from -> want, splintering partly covered superpages;
  * one notification per call; budgeted (MV_EAGAIN, *done gfns examined). */
 static int retype_range(mv_domain_t *d, mv_gfn_t first, uint64_t count, unsigned from,
-                        unsigned to, uint64_t *done)
+                        unsigned want, uint64_t *done)
 {
     struct mv_p2m *p = p2m_of(d);
     mv_host_t *h = d->h;
     uint64_t budget = TYPE_RANGE_BUDGET, pos = 0;
     *done = 0;
-    int rc = mv__p2m_topup(p);
+    int rc = mv__p2m_lock_cache(p, 1);
     if (rc)
         return rc;
-    mv_spin_lock(&p->lock);
+    unsigned to = retype_target(p, want);
+    if (from == to) {
+        /* Logging makes ram_rw ram_logdirty, which is what the range holds already. */
+        mv_spin_unlock(&p->lock);
+        *done = count;
+        return 0;
+    }
     mv__p2m_invalidate_start(p, first, count);
     bool reduced = false;
     while (pos < count) {
+        if (from == to) {
+            pos = count; /* logging started while the lock was dropped: as above */
+            break;
+        }
         if (!budget) {
             rc = MV_EAGAIN;
             break;
@@ -489,15 +507,20 @@ static int retype_range(mv_domain_t *d, mv_gfn_t first, uint64_t count, unsigned
             step = count - pos;
         if (w.e && ept_type(w.e) == from && w.level <= 2) {
             if (base < g || base + span > first + count) {
-                /* Partly covered superpage: splinter it, then look again. */
-                if (!p->nr_topup) {
+                /* Partly covered superpage: splinter it, then look again. Another
+                 * mutator may have emptied the cache: refill it with the lock dropped,
+                 * what was retyped so far flushed and its notification ended. */
+                if (!mv__p2m_cache_has(p, 1)) {
+                    if (reduced)
+                        mv__p2m_flush_gphys(p);
+                    reduced = false;
                     mv__p2m_invalidate_end(p, first, count);
                     mv_spin_unlock(&p->lock);
-                    if ((rc = mv__p2m_topup(p))) {
+                    if ((rc = mv__p2m_lock_cache(p, 1))) {
                         *done = pos;
                         return rc;
                     }
-                    mv_spin_lock(&p->lock);
+                    to = retype_target(p, want);
                     mv__p2m_invalidate_start(p, first, count);
                     continue;
                 }
@@ -541,9 +564,6 @@ MV_API int mv_p2m_change_type_range(mv_domain_t *d, mv_gfn_t first, uint64_t cou
         return MV_ERANGE;
     if (mv__domain_dying(d))
         return MV_ESRCH;
-    /* While logging, nothing becomes writable without a fault (I14). */
-    if (to == MV_P2M_RAM_RW && p->logdirty)
-        to = MV_P2M_RAM_LOGDIRTY;
     if (!count || from == to)
         return 0;
     return retype_range(d, first, count, from, to, done);

@@ -50,7 +50,11 @@ static unsigned extent_level(unsigned order)
     return order >= 18 ? 2 : order >= 9 ? 1 : 0;
 }
 
-/* Write an extent's leaves (lock held, topup full): RAM at mfn.., or nothing (mfn invalid). */
+/*
+ * Write an extent's leaves (lock held): RAM at mfn.., or nothing (mfn invalid). An extent
+ * is aligned to its size and fits one table of its leaf level, so only its first leaf may
+ * create or splinter tables: the cache holds p2m_write_tables(extent_level(order)) frames.
+ */
 static void write_extent(struct mv_p2m *p, mv_gfn_t gfn, unsigned order, mv_mfn_t mfn,
                          unsigned type)
 {
@@ -65,7 +69,7 @@ static void write_extent(struct mv_p2m *p, mv_gfn_t gfn, unsigned order, mv_mfn_
     }
 }
 
-/* Every gfn of the extent unmapped? (lock held, or racy outside it) */
+/* Every gfn of the extent unmapped? (lock held, or - racy - in an epoch section) */
 static bool extent_empty(const struct mv_p2m *p, mv_gfn_t gfn, uint64_t n)
 {
     for (mv_gfn_t g = gfn; g < gfn + n;) {
@@ -95,14 +99,16 @@ MV_API int mv_populate_physmap(mv_domain_t *d, const mv_gfn_t *gfns, uint64_t co
         mv_gfn_t gfn = gfns[i];
         if ((rc = check_extent(p, gfn, n)))
             return rc;
-        if (!extent_empty(p, gfn, n))
+        /* A lock-free look first, as a lookup (tables retired meanwhile stay readable). */
+        uint32_t slot = mv__epoch_enter(d->h);
+        bool empty = extent_empty(p, gfn, n);
+        mv__epoch_exit(d->h, slot);
+        if (!empty)
             return MV_EEXIST;
-        if ((rc = mv__p2m_topup(p)))
-            return rc;
         mv_mfn_t mfn;
         if ((rc = mv__domain_alloc(d, order, node, MV_ALLOC_ZERO, &mfn)))
             return rc; /* MV_ENOSPC at the domain's maximum, MV_ENOMEM, MV_ESRCH */
-        if ((rc = mv__p2m_lock_ready(p, gfn, n))) {
+        if ((rc = mv__p2m_lock_ready(p, gfn, n, p2m_write_tables(extent_level(order))))) {
             for (uint64_t j = 0; j < n; j++)
                 mv__drop_allocation(d->h, mv__frame(d->h, mfn + j));
             return rc;
@@ -189,9 +195,8 @@ MV_API int mv_decrease_reservation(mv_domain_t *d, const mv_gfn_t *gfns, uint64_
         mv_gfn_t gfn = gfns[i];
         if ((rc = check_extent(p, gfn, n)))
             return rc;
-        if ((rc = mv__p2m_topup(p)))
+        if ((rc = mv__p2m_lock_cache(p, p2m_write_tables(extent_level(order)))))
             return rc;
-        mv_spin_lock(&p->lock);
         if ((rc = claim_extent(p, gfn, n))) {
             mv_spin_unlock(&p->lock);
             return rc;

@@ -22,20 +22,20 @@
  * at its floor and out-of-sync L1s that the vCPUs write straight through writable leaves,
  * as their hardware would, while the p2m thread balloons and retypes.
  *
- * Why phases: the p2m's table cache (mv__p2m_topup, p2m/ept.c) is refilled with no lock
- * held, so two threads in p2m mutators on one domain - a vCPU's log-dirty write fault
- * (mv_p2m_write_fault) and a decrease or populate, or two vCPUs' write faults - race on
- * it whenever it needs refilling (TSan reports it; a corrupted cache later crashed
- * teardown). It needs refilling only after a superpage was split. Until p2m/ is fixed,
- * each phase keeps to that: in the balloon phase logging is off (a write fault on ram_rw
- * never calls the p2m) and only the p2m thread splits; in the log-dirty phase only vCPU 0
- * takes write faults and the p2m thread neither decreases nor populates; the last phase
- * starts with the cache full and the data region already split (the balloon phase split
- * it), and does nothing that splits (no 2 MiB leaf left to split there, logging never
- * turned off, which could rebuild one). P2M_TOPUP_IS_THREAD_SAFE 1 lifts the first two
- * restrictions.
+ * Why phases: the p2m's table cache (p2m/ept.c) used to be refilled with no lock held, so
+ * two threads in p2m mutators on one domain - a vCPU's log-dirty write fault
+ * (mv_p2m_write_fault) and a decrease or populate, or two vCPUs' write faults - raced on
+ * it whenever it needed refilling (TSan reported it; a corrupted cache crashed teardown).
+ * The phases kept to what was safe then: in the log-dirty phase only vCPU 0 took write
+ * faults and the p2m thread neither decreased nor populated; the last phase starts with
+ * the cache full and the data region already split (the balloon phase split it), and does
+ * nothing that splits (no 2 MiB leaf left to split there, logging never turned off, which
+ * could rebuild one). The cache is now guarded by the p2m lock (mv__p2m_lock_cache, and
+ * tests/test_p2m_mutators_threads.c), so P2M_TOPUP_IS_THREAD_SAFE is 1: every vCPU takes
+ * write faults and the p2m thread balloons in the log-dirty phase too; 0 brings back the
+ * old restrictions.
  */
-#define P2M_TOPUP_IS_THREAD_SAFE 0
+#define P2M_TOPUP_IS_THREAD_SAFE 1
 
 #include <pthread.h>
 #include <sched.h>
@@ -778,7 +778,7 @@ static void test_floor_churn(void **state)
     }
     assert_int_equal(mv_p2m_change_type_range(d, 0, RAM, MV_P2M_RAM_RO, MV_P2M_RAM_RW, &done),
                      0);
-    assert_int_equal(p2m_of(d)->nr_topup, P2M_TOPUP);
+    assert_true(mv__p2m_cache_has(p2m_of(d), 1)); /* the cache holds frames */
     for (mv_gfn_t g = 0; g < RAM; g++) {
         struct mv_p2m_entry e;
         assert_int_equal(mv_p2m_lookup(d, g, &e), 0);
