@@ -29,7 +29,9 @@ enum mv_lock_rank {
 
     /*
      * Per-domain p2m lock: every p2m update (set_entry, type changes, populate, decrease,
-     * log-dirty transitions). Lookups take no lock. Listeners run under it and may take the
+     * log-dirty transitions) and the domain's p2m table cache, which every mutator shares:
+     * it is checked and taken from under this lock, and refilled from the heap with it
+     * dropped (p2m/ept.c). Lookups take no lock. Listeners run under it and may take the
      * shadow lock, never the reverse.
      */
     MV_LOCK_RANK_P2M = 30,

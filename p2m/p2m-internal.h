@@ -157,7 +157,7 @@ struct mv_p2m {
     /* Statistics (under lock). */
     uint64_t leaves[3];
     uint64_t pages_by_type[MV_P2M_NR_TYPES];
-    _Atomic uint64_t table_frames; /* changed under the lock; topup reads it without */
+    _Atomic uint64_t table_frames; /* changed under the lock; a refill reads it without */
     uint64_t splinters;
     uint64_t populated;
     uint64_t decreased;
