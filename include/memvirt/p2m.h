@@ -145,6 +145,8 @@ enum mv_p2m_outcome {
  * (a stale translation); 0 - unless the entry's rights were narrowed without W (set_entry's
  * access mask): MV_EACCES, as for ram_ro. ram_shared: MV_EOPNOTSUPP until the sharing
  * module unshares. No RAM there: MV_ENOENT; mmio: MV_EPERM. MV_ERANGE beyond the width.
+ * MV_ENOMEM no table frame for a splinter, MV_ESRCH dying, MV_EBUSY the dirty bitmap kept
+ * changing under it (logging switched on or off meanwhile): the guest's retry faults again.
  */
 MV_API int mv_p2m_write_fault(mv_domain_t *d, mv_gfn_t gfn);
 /* Any EPT violation: `access` is MV_P2M_R/W/X; *outcome says what to do next. */
