@@ -171,7 +171,7 @@ static void resync_set(struct sh_domain *s, const uint32_t *pis, unsigned n, boo
         mv__sh_flush_all(s); /* before the dropped shadows' frames serve again (I13) */
 }
 
-/* Every out-of-sync page for which keep(ctx, pi) holds, into pis; the count. */
+/* Every out-of-sync page for which keep(s, pi, arg) holds, into pis; the count. */
 static unsigned collect(struct sh_domain *s, uint32_t *pis,
                         bool (*keep)(struct sh_domain *, uint32_t, uint32_t), uint32_t arg)
 {
@@ -180,7 +180,7 @@ static unsigned collect(struct sh_domain *s, uint32_t *pis,
     for (uint32_t i = 0; i < d->nr_vcpus; i++) {
         struct sh_vcpu *sv = shv_of(d->vcpu[i]);
         for (unsigned k = 0; k < sv->noos; k++)
-            if (!keep || keep(s, sv->oos[k], arg))
+            if (keep(s, sv->oos[k], arg))
                 pis[n++] = sv->oos[k];
     }
     return n;

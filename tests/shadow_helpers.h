@@ -343,7 +343,7 @@ static inline uint64_t shd_no_writable_table(mv_host_t *h, mv_domain_t *d)
 {
     struct sh_domain *s = sh_of(d);
     uint64_t n = 0;
-    for (uint32_t pi = 0; pi < s->budget; pi++) {
+    for (uint32_t pi = 0; pi < s->cap; pi++) {
         struct sh_page *sp = &s->pages[pi];
         if (sp->state != SLOT_USED || !sh_type_leafy(sp->type))
             continue;

@@ -946,7 +946,7 @@ static void snap_take(mv_domain_t *d, struct shadow_snap *sn)
 {
     struct sh_domain *s = sh_of(d);
     sn->n = 0;
-    for (uint32_t pi = 0; pi < s->budget; pi++)
+    for (uint32_t pi = 0; pi < s->cap; pi++)
         if (s->pages[pi].state == SLOT_USED) {
             assert_true(sn->n < 64);
             sn->pi[sn->n] = pi;
@@ -1574,32 +1574,11 @@ static bool hg_write(struct hg *g, unsigned c, uint64_t va, const uint64_t *vals
     return false;
 }
 
-/* No shadow leaf of the pool lets the guest write a frame whose writes must trap. */
-static void hg_no_writable_table(struct hg *g)
-{
-    struct sh_domain *s = g->s;
-    for (uint32_t pi = 0; pi < s->budget; pi++) {
-        struct sh_page *sp = &s->pages[pi];
-        if (sp->state != SLOT_USED || !sh_type_leafy(sp->type))
-            continue;
-        const uint64_t *t = sh_table(s, sp);
-        for (unsigned i = 0; i < 512; i++) {
-            uint64_t e = t[i];
-            if (!(e & PTE_P) || !(e & PTE_W))
-                continue;
-            mv_gfn_t x = hg_gfn(g, (e & PTE_ADDR) >> 12);
-            if (x == MV_INVALID_GFN || mv__sh_gfn_protected(s, x))
-                fail_msg("shadow %u (type %u, gfn %#llx) entry %u: writable onto gfn %#llx",
-                         pi, sp->type, (unsigned long long)sp->gfn, i, (unsigned long long)x);
-        }
-    }
-}
-
 /* A CR3 load or a flush just brought vCPU c's view in sync: all of it is checked. */
 static void hg_resync_point(struct hg *g, unsigned c)
 {
     g->leaves_checked += hg_leaves(g, c, g->root[c] >> 12, 3, 0, NULL, false);
-    hg_no_writable_table(g);
+    (void)shd_no_writable_table(h, g->d);
     g->resync_points++;
 }
 

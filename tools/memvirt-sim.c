@@ -251,19 +251,15 @@ static int parse(int argc, char **argv, struct options *o)
         case OPT_NOOOS:
             o->no_oos = true;
             break;
-        case OPT_SHPOOL: {
-            char *end;
-            unsigned long long v = strtoull(optarg, &end, 10);
-            if (*end || !*optarg || v < 16 || v > MV_SHADOW_POOL_MAX)
+        case OPT_SHPOOL:
+            if (!parse_num(optarg, &o->shadow_pool) || o->shadow_pool < 16 ||
+                o->shadow_pool > MV_SHADOW_POOL_MAX)
                 return usage_error("--shadow-pool: '%s' is not a frame count from 16 to 4194304",
                                    optarg);
-            o->shadow_pool = v;
             break;
-        }
         case OPT_MAXPHY: {
-            char *end;
-            unsigned long v = strtoul(optarg, &end, 10);
-            if (*end || !*optarg || v < 32 || v > 52)
+            uint64_t v;
+            if (!parse_num(optarg, &v) || v < 32 || v > 52)
                 return usage_error("--maxphyaddr: '%s' is not a width from 32 to 52", optarg);
             o->maxphyaddr = (unsigned)v;
             break;
