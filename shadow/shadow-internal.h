@@ -48,6 +48,7 @@ static inline bool sh_type_is_table(unsigned t) { return t >= SH_L1 && t <= SH_L
 #define SH_ROOTS 4u          /* roots a vCPU keeps */
 #define SH_FLOOR_PER_VCPU MV_SHADOW_FLOOR_PER_VCPU
 #define SH_RMAP_BUCKETS 4096u
+#define SH_WALK_CACHE 64u    /* table frames a vCPU's walk cache holds */
 
 struct sh_node {
     uint64_t key;  /* leaf: the gfn mapped; upper: the page index pointed at */
@@ -136,11 +137,14 @@ struct sh_vcpu {
     uint32_t oos[MV_SHADOW_OOS_MAX];
     uint8_t slot[MV_SHADOW_OOS_MAX]; /* oos[k]'s snapshot: snap + slot[k] * 512 */
     uint64_t *snap;               /* [oos budget][512] */
-    /* The last table frame the walker found at each level, valid for one p2m sequence
-     * number: a guest walking one region reads the same upper tables again and again. */
-    uint64_t wc_seq;
-    mv_gfn_t wc_gfn[4];
-    mv_mfn_t wc_mfn[4];
+    /* The table frames the walker found lately, by gfn (direct-mapped), each valid for
+     * the p2m sequence number it was read under: a guest reads the same few tables again
+     * and again, and a p2m change moves the number. */
+    struct sh_wc {
+        uint64_t seq;
+        mv_gfn_t gfn;
+        mv_mfn_t mfn;
+    } wc[SH_WALK_CACHE];
 };
 
 static inline struct sh_domain *sh_of(const mv_domain_t *d)

@@ -214,6 +214,8 @@ static int sh_domain_init(mv_domain_t *d)
         sv->v = d->vcpu[i];
         for (unsigned k = 0; k < MV_SHADOW_OOS_MAX; k++)
             sv->slot[k] = (uint8_t)k;
+        for (unsigned k = 0; k < SH_WALK_CACHE; k++)
+            sv->wc[k].seq = UINT64_MAX; /* no p2m reaches that number */
         d->vcpu[i]->mod[MV_MOD_SHADOW] = sv;
         if (s->oos_budget &&
             !(sv->snap = mv__meta_alloc(h, (size_t)s->oos_budget * MV_PAGE_SIZE))) {
@@ -393,6 +395,51 @@ static bool walk_still_valid(struct sh_domain *s, const struct sh_walk *w)
     return true;
 }
 
+/* The 4 KiB leaf of the walk in L1 shadow pi (lock held, the walk checked). */
+static void set_leaf(struct sh_domain *s, uint32_t pi, const struct sh_walk *w, bool nxe)
+{
+    unsigned idx = (unsigned)((w->va >> 12) & 511);
+    mv__sh_set(s, pi, idx, mv__sh_leaf_pe(s, w->gfn, &w->leaf_pe, w->e[0], nxe), w->gfn);
+    /* An out-of-sync L1 now follows this guest entry: so must its snapshot, or a later
+     * write back to the snapshot's value would go unseen at resync. */
+    if (s->pages[pi].oos)
+        mv__sh_snapshot(s, pi)[idx] = w->e[0];
+}
+
+/*
+ * The common fault: the walk's upper shadows exist and are linked from the vCPU's root
+ * exactly as the walk's entries say, and only the 4 KiB leaf is missing or stale (lock
+ * held). Then path[] is read off the shadow tables themselves - no hash lookups, nothing
+ * linked anew, so nothing to resync - and true is returned; otherwise the caller shadows
+ * and links the path the long way.
+ */
+static bool path_linked(struct sh_domain *s, struct sh_vcpu *sv, const struct sh_walk *w,
+                        uint32_t *path, bool nxe)
+{
+    uint32_t pi = sv->cur;
+    if (w->leaf != 0 || pi == SH_NIL || s->pages[pi].gfn != w->tgfn[3])
+        return false;
+    for (int l = 3;; l--) {
+        struct sh_page *sp = &s->pages[pi];
+        path[l] = pi;
+        mv__sh_touch(s, pi);
+        if (sp->idle_writes)
+            sp->idle_writes = 0;
+        if (l == 0)
+            return true;
+        unsigned idx = (unsigned)((w->va >> (12 + 9 * l)) & 511);
+        uint64_t e = sh_table(s, sp)[idx];
+        if (!(e & X86E_P))
+            return false;
+        uint32_t ci = (uint32_t)sp->nodes[idx].key;
+        const struct sh_page *cp = &s->pages[ci];
+        if (cp->type != (unsigned)l || cp->gfn != w->tgfn[l - 1] ||
+            e != upper_entry(cp, w->e[l], nxe))
+            return false;
+        pi = ci;
+    }
+}
+
 /* Build the shadows for the walk down to the leaf (lock held, topup full). */
 static void build(struct sh_domain *s, struct sh_vcpu *sv, const struct sh_walk *w,
                   const uint32_t *path, bool nxe, bool gb)
@@ -411,11 +458,7 @@ static void build(struct sh_domain *s, struct sh_vcpu *sv, const struct sh_walk 
     }
     unsigned idx = (unsigned)((va >> (12 + 9 * w->leaf)) & 511);
     if (w->leaf == 0) {
-        mv__sh_set(s, pi, idx, mv__sh_leaf_pe(s, w->gfn, &w->leaf_pe, w->e[0], nxe), w->gfn);
-        /* An out-of-sync L1 now follows this guest entry: so must its snapshot, or a
-         * later write back to the snapshot's value would go unseen at resync. */
-        if (s->pages[pi].oos)
-            mv__sh_snapshot(s, pi)[idx] = w->e[0];
+        set_leaf(s, pi, w, nxe);
         return;
     }
     /* A guest superpage: splinter shadows, rights kept in the entry above. */
@@ -531,11 +574,15 @@ again:
          * let a leaf be built from an entry the guest has already replaced.
          */
         uint32_t path[4];
-        shadow_path(s, sv, &w, path);
+        bool linked = path_linked(s, sv, &w, path, nxe);
+        if (!linked)
+            shadow_path(s, sv, &w, path);
         if (!walk_still_valid(s, &w)) {
             /* retry: a guest table write raced with us */
         } else if (write && mv__sh_gfn_protected(s, w.gfn)) {
             kind = MV_SHADOW_EMULATE; /* the leaf's frame is a table, maybe of this path */
+        } else if (linked) {
+            set_leaf(s, path[0], &w, nxe);
         } else {
             build(s, sv, &w, path, nxe, gb);
         }

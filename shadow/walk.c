@@ -105,22 +105,17 @@ static int set_bits(mv_domain_t *d, mv_gfn_t gfn, unsigned idx, uint64_t old, ui
 }
 
 /*
- * The frame of table gfn read at level lv, through the vCPU's walk cache while the p2m's
- * sequence number has not moved (any change of the p2m moves it).
+ * The frame of table gfn, through the vCPU's walk cache while the p2m's sequence number
+ * has not moved (any change of the p2m moves it; an entry filled while a change was in
+ * flight carries the number before it and dies when the change ends).
  */
-static mv_mfn_t table_mfn_cached(mv_vcpu_t *v, int lv, mv_gfn_t gfn, uint64_t seq)
+static mv_mfn_t table_mfn_cached(mv_vcpu_t *v, mv_gfn_t gfn, uint64_t seq)
 {
-    struct sh_vcpu *sv = shv_of(v);
-    if (sv->wc_seq != seq) {
-        for (int l = 0; l < 4; l++)
-            sv->wc_mfn[l] = MV_INVALID_MFN;
-        sv->wc_seq = seq;
-    } else if (sv->wc_gfn[lv] == gfn && sv->wc_mfn[lv] != MV_INVALID_MFN) {
-        return sv->wc_mfn[lv];
-    }
+    struct sh_wc *c = &shv_of(v)->wc[(gfn ^ (gfn >> 6)) & (SH_WALK_CACHE - 1)];
+    if (c->seq == seq && c->gfn == gfn)
+        return c->mfn;
     mv_mfn_t m = table_mfn(v->d, gfn);
-    sv->wc_gfn[lv] = gfn;
-    sv->wc_mfn[lv] = m;
+    *c = (struct sh_wc){.seq = seq, .gfn = gfn, .mfn = m};
     return m;
 }
 
@@ -145,7 +140,7 @@ int mv__sh_walk(mv_vcpu_t *v, uint64_t cr3, uint64_t va, uint32_t ec, uint32_t a
         unsigned idx = (unsigned)((va >> (12 + 9 * lv)) & 511);
         uint64_t e;
         w->tgfn[lv] = table;
-        mv_mfn_t tm = table_mfn_cached(v, lv, table, w->seq);
+        mv_mfn_t tm = table_mfn_cached(v, table, w->seq);
         w->tmfn[lv] = tm;
         if (tm == MV_INVALID_MFN) {
             w->pfec = pfec(true, true, ec, cs);
