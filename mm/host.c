@@ -341,7 +341,7 @@ MV_API int mv_host_stats(mv_host_t *h, struct mv_host_stats *st)
     st->decommit_batches = atomic_load_explicit(&h->decommit_batches, memory_order_relaxed);
     st->decommit_frames = atomic_load_explicit(&h->decommit_frames, memory_order_relaxed);
     st->scrubbed_frames = atomic_load_explicit(&h->scrubbed_frames, memory_order_relaxed);
-    st->tlb_flushes = atomic_load_explicit(&h->flushes, memory_order_relaxed);
+    st->tlb_flushes = atomic_load_explicit(&h->flush_clock, memory_order_relaxed) - 1;
     st->tlb_flushes_avoided = atomic_load_explicit(&h->flushes_avoided, memory_order_relaxed);
     st->nr_domains = h->nr_domains;
     return 0;

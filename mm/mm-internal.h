@@ -257,9 +257,8 @@ struct mv_host {
     struct mv_failpoint fail[MV_FAIL_NR];
 
     /* The flush clock (flush.c). */
-    _Atomic uint32_t flush_clock;
+    _Atomic uint64_t flush_clock;  /* flushes asked for + 1; stamps are its low 32 bits */
     _Atomic uint32_t flushed_upto;
-    _Atomic uint64_t flushes;
     _Atomic uint64_t flushes_avoided;
 
     /* Epoch reclamation (epoch.c). */

@@ -33,15 +33,12 @@
 
 bool mv__sh_gfn_protected(struct sh_domain *s, mv_gfn_t gfn)
 {
-    if (!s->tables_in[gfn & (SH_RMAP_BUCKETS - 1)])
-        return false; /* no table shadow in gfn's bucket */
-    uint32_t l1 = mv__sh_lookup(s, gfn, SH_L1);
-    if (l1 != SH_NIL) /* an out-of-sync frame has no other table shadow */
-        return !s->pages[l1].oos || s->resyncing;
-    for (unsigned t = SH_L2; t <= SH_L4; t++)
-        if (mv__sh_lookup(s, gfn, t) != SH_NIL)
-            return true;
-    return false;
+    uint32_t tab[SH_NR_TYPES];
+    if (!mv__sh_tables_of(s, gfn, tab))
+        return false;
+    if (tab[SH_L1] != SH_NIL && s->pages[tab[SH_L1]].oos)
+        return s->resyncing; /* an out-of-sync frame has no other table shadow */
+    return true;
 }
 
 bool mv__sh_guest_empty(const uint64_t *guest)
@@ -252,32 +249,27 @@ static bool unshadow_gfn(struct sh_domain *s, mv_gfn_t gfn)
 }
 
 void mv__sh_after_write(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn,
-                        const uint64_t *guest, bool cleared)
+                        const uint32_t tab[SH_NR_TYPES], const uint64_t *guest, bool cleared)
 {
     mv__assert_held(&s->lock);
-    uint32_t l1 = SH_NIL;
+    uint32_t l1 = tab[SH_L1], l4 = tab[SH_L4];
     bool other = false, idle = false;
     for (unsigned t = SH_L1; t <= SH_L4; t++) {
-        uint32_t pi = mv__sh_lookup(s, gfn, t);
-        if (pi == SH_NIL)
+        if (tab[t] == SH_NIL)
             continue;
-        struct sh_page *sp = &s->pages[pi];
+        struct sh_page *sp = &s->pages[tab[t]];
         if (sp->writes < UINT16_MAX)
             sp->writes++;
         if (sp->idle_writes < UINT16_MAX)
             sp->idle_writes++;
         idle |= sp->idle_writes >= SH_UNSHADOW_WRITES;
-        if (t == SH_L1)
-            l1 = pi;
-        else
-            other = true;
+        other |= t != SH_L1;
     }
     if (cleared && mv__sh_guest_empty(guest)) {
         if (unshadow_gfn(s, gfn))
             s->unshadowed_freed++;
         return;
     }
-    uint32_t l4 = mv__sh_lookup(s, gfn, SH_L4);
     if (cleared && l4 != SH_NIL) {
         bool user = false;
         for (unsigned i = 0; i < SH_ENTRIES / 2 && !user; i++)

@@ -30,9 +30,11 @@ static inline uint32_t ref_page(uint32_t r) { return r >> 9; }
 static inline unsigned ref_idx(uint32_t r) { return r & 511u; }
 static inline uint32_t mkref(uint32_t pi, unsigned idx) { return pi << 9 | idx; }
 
-static inline uint32_t hash_of(const struct sh_domain *s, mv_gfn_t gfn, unsigned type)
+/* By gfn alone: every shadow of one guest frame (L1..L4, a splinter keyed there) sits on
+ * one chain, so one pass finds them all. */
+static inline uint32_t hash_of(const struct sh_domain *s, mv_gfn_t gfn)
 {
-    uint64_t x = (gfn * 7 + type) * 0x9e3779b97f4a7c15ull;
+    uint64_t x = gfn * 0x9e3779b97f4a7c15ull;
     return (uint32_t)(x >> 40) & (s->nbuckets - 1);
 }
 
@@ -43,20 +45,25 @@ static inline struct sh_node *node_of(struct sh_domain *s, uint32_t r)
 
 uint32_t mv__sh_lookup(struct sh_domain *s, mv_gfn_t gfn, unsigned type)
 {
-    for (uint32_t i = s->hash[hash_of(s, gfn, type)]; i != SH_NIL; i = s->pages[i].hnext)
+    for (uint32_t i = s->hash[hash_of(s, gfn)]; i != SH_NIL; i = s->pages[i].hnext)
         if (s->pages[i].gfn == gfn && s->pages[i].type == type)
             return i;
     return SH_NIL;
 }
 
-bool mv__sh_gfn_is_table(struct sh_domain *s, mv_gfn_t gfn)
+bool mv__sh_tables_of(struct sh_domain *s, mv_gfn_t gfn, uint32_t tab[SH_NR_TYPES])
 {
+    for (unsigned t = 0; t < SH_NR_TYPES; t++)
+        tab[t] = SH_NIL;
     if (!s->tables_in[gfn & (SH_RMAP_BUCKETS - 1)])
         return false;
-    for (unsigned t = SH_L1; t <= SH_L4; t++)
-        if (mv__sh_lookup(s, gfn, t) != SH_NIL)
-            return true;
-    return false;
+    bool any = false;
+    for (uint32_t i = s->hash[hash_of(s, gfn)]; i != SH_NIL; i = s->pages[i].hnext)
+        if (s->pages[i].gfn == gfn && sh_type_is_table(s->pages[i].type)) {
+            tab[s->pages[i].type] = i;
+            any = true;
+        }
+    return any;
 }
 
 /* ---- LRU ------------------------------------------------------------------------------ */
@@ -189,7 +196,7 @@ uint32_t mv__sh_create(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn, un
     sp->up = SH_NIL;
     atomic_store_explicit(&mv__frame(s->d->h, sp->smfn)->owner, MV_OWNER_INTERNAL,
                           memory_order_release);
-    uint32_t b = hash_of(s, gfn, type);
+    uint32_t b = hash_of(s, gfn);
     sp->hnext = s->hash[b];
     s->hash[b] = pi;
     lru_push(s, pi);
@@ -235,7 +242,7 @@ void mv__sh_unshadow(struct sh_domain *s, uint32_t pi)
     for (unsigned i = 0; i < SH_ENTRIES; i++)
         if (t[i])
             mv__sh_set(s, pi, i, 0, 0);
-    uint32_t *pp = &s->hash[hash_of(s, sp->gfn, sp->type)];
+    uint32_t *pp = &s->hash[hash_of(s, sp->gfn)];
     while (*pp != pi)
         pp = &s->pages[*pp].hnext;
     *pp = sp->hnext;

@@ -207,7 +207,8 @@ uint32_t mv__sh_lookup(struct sh_domain *s, mv_gfn_t gfn, unsigned type);
 /* A new shadow from the vCPU's topup (lock held); write-protects gfn for table types. */
 uint32_t mv__sh_create(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn, unsigned type,
                        mv_mfn_t gmfn);
-bool mv__sh_gfn_is_table(struct sh_domain *s, mv_gfn_t gfn);
+/* Every table shadow of gfn: tab[type] (SH_L1..SH_L4), SH_NIL where none; false: none. */
+bool mv__sh_tables_of(struct sh_domain *s, mv_gfn_t gfn, uint32_t tab[SH_NR_TYPES]);
 /* Set entry idx of page pi (lock held): key is the gfn (leafy pages) or the child page. */
 void mv__sh_set(struct sh_domain *s, uint32_t pi, unsigned idx, uint64_t val, uint64_t key);
 void mv__sh_unshadow(struct sh_domain *s, uint32_t pi);
@@ -229,12 +230,12 @@ void mv__sh_free_all(struct sh_domain *s);
 /* Must writes to gfn trap? (a guest page table not tracked out of sync) */
 bool mv__sh_gfn_protected(struct sh_domain *s, mv_gfn_t gfn);
 /*
- * After an emulated write of [first, last] entries to gfn's frame `guest` (lock held):
+ * After an emulated write to gfn's frame `guest`, whose table shadows are tab (lock held):
  * unsync its L1 when written repeatedly, drop its shadows when it is written without
  * being used as a table or when the guest emptied it. sv is the writing vCPU's.
  */
 void mv__sh_after_write(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn,
-                        const uint64_t *guest, bool cleared);
+                        const uint32_t tab[SH_NR_TYPES], const uint64_t *guest, bool cleared);
 /*
  * Bring back in sync the out-of-sync L1s a walk from shadow `top` reaches (`top` included):
  * at a CR3 load (top: the new root), a full flush (the current root) and when a walk
@@ -265,9 +266,10 @@ uint64_t mv__sh_leaf(struct sh_domain *s, mv_gfn_t gfn, uint64_t grights, bool n
 /* The same from a p2m entry read under the same sequence number. */
 uint64_t mv__sh_leaf_pe(struct sh_domain *s, mv_gfn_t gfn, const struct mv_p2m_entry *pe,
                         uint64_t grights, bool nxe);
-/* Revalidate entries [first, last] of every shadow of gfn from the guest table (lock held). */
-bool mv__sh_revalidate(struct sh_domain *s, mv_gfn_t gfn, const uint64_t *guest,
-                       unsigned first, unsigned last, bool nxe, bool gb);
+/* Revalidate entries [first, last] of gfn's table shadows tab (mv__sh_tables_of) from the
+ * guest table (lock held). */
+bool mv__sh_revalidate(struct sh_domain *s, const uint32_t tab[SH_NR_TYPES],
+                       const uint64_t *guest, unsigned first, unsigned last, bool nxe, bool gb);
 static inline bool mv__sh_nxe(const mv_vcpu_t *v) { return (v->state.efer & MV_EFER_NXE) != 0; }
 static inline bool mv__sh_gb(const mv_vcpu_t *v)
 {

@@ -422,11 +422,10 @@ static bool path_linked(struct sh_domain *s, struct sh_vcpu *sv, const struct sh
     for (int l = 3;; l--) {
         struct sh_page *sp = &s->pages[pi];
         path[l] = pi;
-        mv__sh_touch(s, pi);
         if (sp->idle_writes)
             sp->idle_writes = 0;
         if (l == 0)
-            return true;
+            break;
         unsigned idx = (unsigned)((w->va >> (12 + 9 * l)) & 511);
         uint64_t e = sh_table(s, sp)[idx];
         if (!(e & X86E_P))
@@ -438,6 +437,12 @@ static bool path_linked(struct sh_domain *s, struct sh_vcpu *sv, const struct sh
             return false;
         pi = ci;
     }
+    /* Bottom-up, so that the tables many faults share end nearest the LRU head and the
+     * next fault through them finds them there; a root is pinned (never evicted). */
+    for (int l = 0; l < 3; l++)
+        if (!s->pages[path[l]].pins)
+            mv__sh_touch(s, path[l]);
+    return true;
 }
 
 /* Build the shadows for the walk down to the leaf (lock held, topup full). */
@@ -627,22 +632,22 @@ MV_API int mv_shadow_gva_to_gpa(mv_vcpu_t *v, uint64_t gva, uint32_t error_code,
 /* ---- Emulated writes -------------------------------------------------------------------- */
 
 /*
- * Revalidate entries [first, last] of every shadow of gfn from the guest frame at va
- * (lock held). True when a present entry changed (the caller flushes). An out-of-sync L1's
+ * Revalidate entries [first, last] of gfn's table shadows tab from the guest frame (lock
+ * held). True when a present entry changed (the caller flushes). An out-of-sync L1's
  * snapshot follows, so that its next resync does not count these entries again.
  */
-bool mv__sh_revalidate(struct sh_domain *s, mv_gfn_t gfn, const uint64_t *gva_tab,
-                       unsigned first, unsigned last, bool nxe, bool gb)
+bool mv__sh_revalidate(struct sh_domain *s, const uint32_t tab[SH_NR_TYPES],
+                       const uint64_t *guest, unsigned first, unsigned last, bool nxe, bool gb)
 {
     bool changed = false;
     for (unsigned t = SH_L1; t <= SH_L4; t++) {
-        uint32_t pi = mv__sh_lookup(s, gfn, t);
+        uint32_t pi = tab[t];
         if (pi == SH_NIL)
             continue;
         uint64_t *st = sh_table(s, &s->pages[pi]);
         uint64_t *snap = s->pages[pi].oos ? mv__sh_snapshot(s, pi) : NULL;
         for (unsigned i = first; i <= last; i++) {
-            uint64_t g = sh_read(&gva_tab[i]);
+            uint64_t g = sh_read(&guest[i]);
             uint64_t key, ne = mv__sh_propagate(s, t - 1, g, nxe, gb, &key);
             if (snap)
                 snap[i] = g;
@@ -711,6 +716,44 @@ static bool cmpxchg_word(uint8_t *page, unsigned off, uint64_t *expected, uint64
     }
 }
 
+/*
+ * The write and what follows it, with the lock held and gfn's entry pe current until the
+ * unlock. The write goes to guest memory first, then every table shadow of the frame
+ * follows the entries it covered, then the heuristics see it (oos.c).
+ */
+static int emulate_locked(struct sh_domain *s, mv_vcpu_t *v, mv_gfn_t gfn,
+                          const struct mv_p2m_entry *pe, unsigned off, const void *bytes,
+                          size_t len, bool cmp, uint64_t *expected)
+{
+    if (pe->type == MV_P2M_RAM_RW && !(pe->access & MV_P2M_W))
+        return MV_EACCES;
+    uint8_t *page = (uint8_t *)mv__mfn_va(v->d->h, pe->mfn);
+    if (cmp) {
+        if (!cmpxchg_word(page, off, expected, *(const uint64_t *)bytes, len))
+            return MV_EAGAIN;
+    } else {
+        write_words(page, off, bytes, len);
+    }
+    s->emulated++;
+    uint32_t tab[SH_NR_TYPES];
+    if (!mv__sh_tables_of(s, gfn, tab))
+        return 0; /* no longer a page table (dropped since the guest's write trapped) */
+    const uint64_t *guest = (const uint64_t *)page;
+    unsigned first = off / 8, last = (off + (unsigned)len - 1) / 8;
+    if (mv__sh_revalidate(s, tab, guest, first, last, nxe_of(v), gb_of(v)))
+        mv__sh_flush_all(s);
+    bool cleared = false;
+    for (unsigned i = first; i <= last && !cleared; i++)
+        cleared = !(sh_read(&guest[i]) & X86E_P);
+    mv__sh_after_write(s, shv_of(v), gfn, tab, guest, cleared);
+    return 0;
+}
+
+static bool emulate_target_ok(const struct mv_p2m_entry *pe)
+{
+    return p2m_is_ram(pe->type) && pe->type != MV_P2M_RAM_RO && pe->type != MV_P2M_RAM_SHARED;
+}
+
 static int emulate(mv_vcpu_t *v, mv_paddr_t gpa, const void *bytes, size_t len, bool cmp,
                    uint64_t *expected)
 {
@@ -722,6 +765,8 @@ static int emulate(mv_vcpu_t *v, mv_paddr_t gpa, const void *bytes, size_t len, 
         return MV_EINVAL;
     mv_domain_t *d = v->d;
     mv_gfn_t gfn = gpa >> MV_PAGE_SHIFT;
+    unsigned off = (unsigned)(gpa & (MV_PAGE_SIZE - 1));
+    uint64_t seq = mv_p2m_seq(d);
     struct mv_p2m_entry pe;
     if (mv_p2m_lookup(d, gfn, &pe) || !p2m_is_ram(pe.type))
         return MV_EFAULT;
@@ -729,36 +774,33 @@ static int emulate(mv_vcpu_t *v, mv_paddr_t gpa, const void *bytes, size_t len, 
         return MV_EACCES;
     if (pe.type == MV_P2M_RAM_SHARED)
         return MV_EOPNOTSUPP;
-    /* Hold the target across the write (XSA-219): a decrease cannot free it under us. */
+    mv_spin_lock(&s->lock);
+    if (!mv_p2m_in_progress(d) && mv_p2m_seq(d) == seq) {
+        /*
+         * The entry read is still the p2m's, and stays so until we unlock: a change to it
+         * has to take this lock in our listener first (XSA-219: the frame cannot be freed
+         * under the write, and no frame hold is needed).
+         */
+        rc = emulate_locked(s, v, gfn, &pe, off, bytes, len, cmp, expected);
+        mv_spin_unlock(&s->lock);
+        /* While logging, a writable ram_rw entry already has its dirty bit (I14): only a
+         * ram_logdirty target is marked. */
+        if (!rc && pe.type == MV_P2M_RAM_LOGDIRTY)
+            rc = mv__p2m_engine_wrote(d, gfn, 1);
+        return rc;
+    }
+    mv_spin_unlock(&s->lock);
+    /* The p2m is changing: hold the frame across the write instead, and take the entry
+     * again under the lock (removed or retyped since the fault: refused). */
     struct mv_frame *f = mv__frame(d->h, pe.mfn);
     if (!f || mv__get_page(d, f))
         return MV_EFAULT;
-    unsigned off = (unsigned)(gpa & (MV_PAGE_SIZE - 1));
-    uint8_t *page = (uint8_t *)mv__mfn_va(d->h, pe.mfn);
     mv_spin_lock(&s->lock);
     struct mv_p2m_entry now;
-    if (mv_p2m_lookup(d, gfn, &now) || now.mfn != pe.mfn || !p2m_is_ram(now.type) ||
-        now.type == MV_P2M_RAM_RO || now.type == MV_P2M_RAM_SHARED) {
-        rc = MV_EFAULT; /* removed or retyped between the fault and the write */
-    } else if (now.type == MV_P2M_RAM_RW && !(now.access & MV_P2M_W)) {
-        rc = MV_EACCES;
-    } else if (cmp) {
-        if (!cmpxchg_word(page, off, expected, *(const uint64_t *)bytes, len))
-            rc = MV_EAGAIN;
-    } else {
-        write_words(page, off, bytes, len);
-    }
-    if (!rc) {
-        const uint64_t *guest = (const uint64_t *)page;
-        unsigned first = off / 8, last = (off + (unsigned)len - 1) / 8;
-        if (mv__sh_revalidate(s, gfn, guest, first, last, nxe_of(v), gb_of(v)))
-            mv__sh_flush_all(s);
-        s->emulated++;
-        bool cleared = false;
-        for (unsigned i = first; i <= last && !cleared; i++)
-            cleared = !(sh_read(&guest[i]) & X86E_P);
-        mv__sh_after_write(s, shv_of(v), gfn, guest, cleared);
-    }
+    if (mv_p2m_lookup(d, gfn, &now) || now.mfn != pe.mfn || !emulate_target_ok(&now))
+        rc = MV_EFAULT;
+    else
+        rc = emulate_locked(s, v, gfn, &now, off, bytes, len, cmp, expected);
     mv_spin_unlock(&s->lock);
     mv__put_page(d->h, f);
     if (!rc)
@@ -778,10 +820,11 @@ static void sh_phys_wrote(mv_domain_t *d, mv_gfn_t gfn, unsigned off, size_t len
         return;
     mv_spin_lock(&s->lock);
     struct mv_p2m_entry pe;
-    if (s->any_used && mv__sh_gfn_is_table(s, gfn) && !mv_p2m_lookup(d, gfn, &pe) &&
+    uint32_t tab[SH_NR_TYPES];
+    if (s->any_used && mv__sh_tables_of(s, gfn, tab) && !mv_p2m_lookup(d, gfn, &pe) &&
         p2m_is_ram(pe.type)) {
         const uint64_t *page = (const uint64_t *)mv__mfn_va(d->h, pe.mfn);
-        if (mv__sh_revalidate(s, gfn, page, off / 8, (off + (unsigned)len - 1) / 8,
+        if (mv__sh_revalidate(s, tab, page, off / 8, (off + (unsigned)len - 1) / 8,
                        nxe_of(d->vcpu[0]), gb_of(d->vcpu[0])))
             mv__sh_flush_all(s);
     }
