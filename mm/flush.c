@@ -24,12 +24,14 @@ void mv__flush(mv_host_t *h, const struct mv_flush_request *req)
     uint32_t t = (uint32_t)(n + 1);
     if (h->plat->tlb_flush)
         h->plat->tlb_flush(h->plat, req);
-    /* flushed_upto = max(flushed_upto, t), wrap-aware. */
+    /*
+     * flushed_upto moves forward to t with a plain store, no read-modify-write: two flushes
+     * finishing together may leave the older start time, which only makes a later check
+     * flush once more than needed (never less), and the next flush moves it on.
+     */
     uint32_t cur = atomic_load_explicit(&h->flushed_upto, memory_order_relaxed);
-    while ((int32_t)(t - cur) > 0 &&
-           !atomic_compare_exchange_weak_explicit(&h->flushed_upto, &cur, t,
-                                                  memory_order_release, memory_order_relaxed))
-        ;
+    if ((int32_t)(t - cur) > 0)
+        atomic_store_explicit(&h->flushed_upto, t, memory_order_release);
 }
 
 void mv__flush_stamp(mv_host_t *h, struct mv_frame *f, bool writable)

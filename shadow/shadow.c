@@ -33,22 +33,24 @@ uint64_t mv__sh_leaf(struct sh_domain *s, mv_gfn_t gfn, uint64_t g, bool nxe)
 uint64_t mv__sh_leaf_pe(struct sh_domain *s, mv_gfn_t gfn, const struct mv_p2m_entry *ppe,
                         uint64_t g, bool nxe)
 {
-    const struct mv_p2m_entry pe = *ppe;
-    if (!(pe.access & MV_P2M_R))
+    /* Field by field: a copy of the whole entry, just written by the lookup with narrower
+     * stores, would wait on store forwarding. */
+    unsigned type = ppe->type, access = ppe->access;
+    if (!(access & MV_P2M_R))
         return 0;
     bool w;
-    if (p2m_is_ram(pe.type))
-        w = pe.type == MV_P2M_RAM_RW && (pe.access & MV_P2M_W) && !mv__sh_gfn_protected(s, gfn);
-    else if (pe.type == MV_P2M_MMIO_DIRECT)
-        w = (pe.access & MV_P2M_W) != 0;
+    if (p2m_is_ram(type))
+        w = type == MV_P2M_RAM_RW && (access & MV_P2M_W);
+    else if (type == MV_P2M_MMIO_DIRECT)
+        w = (access & MV_P2M_W) != 0;
     else
         return 0;
-    w = w && (g & X86E_RW) && (g & X86E_D);
-    uint64_t e = ((uint64_t)pe.mfn << MV_PAGE_SHIFT) & X86E_ADDR;
+    w = w && (g & X86E_RW) && (g & X86E_D) && !mv__sh_gfn_protected(s, gfn);
+    uint64_t e = ((uint64_t)ppe->mfn << MV_PAGE_SHIFT) & X86E_ADDR;
     e |= X86E_P | X86E_A | (g & (X86E_US | X86E_G | X86E_PWT | X86E_PCD));
     if (w)
         e |= X86E_RW | X86E_D;
-    if (nxe && ((g & X86E_NX) || !(pe.access & MV_P2M_X)))
+    if (nxe && ((g & X86E_NX) || !(access & MV_P2M_X)))
         e |= X86E_NX;
     return e;
 }
