@@ -143,7 +143,8 @@ struct sh_vcpu {
     struct sh_wc {
         uint64_t seq;
         mv_gfn_t gfn;
-        mv_mfn_t mfn;
+        mv_mfn_t mfn;     /* the entry as mv_p2m_lookup gave it (type INVALID: none) */
+        uint8_t type, access;
     } wc[SH_WALK_CACHE];
 };
 
@@ -186,6 +187,12 @@ struct sh_walk {
 
 /* Bits of a guest entry at level lv that are reserved (by width, NXE, level, PS). */
 bool mv__sh_reserved(uint64_t e, unsigned lv, unsigned pbits, bool nxe, bool gb);
+/*
+ * gfn's p2m type, access and frame through the vCPU's walk cache (the table frames it
+ * walked lately), valid for p2m sequence number seq: read it before calling, and check
+ * it has not moved (and no change is in flight) before trusting the result.
+ */
+void mv__sh_wc_lookup(mv_vcpu_t *v, mv_gfn_t gfn, uint64_t seq, struct mv_p2m_entry *pe);
 /* Read a guest entry at gfn's entry idx (no hold: the caller validates with the p2m seq). */
 int mv__sh_guest_entry(mv_domain_t *d, mv_gfn_t gfn, unsigned idx, uint64_t *e);
 /*

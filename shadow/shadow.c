@@ -768,9 +768,11 @@ static int emulate(mv_vcpu_t *v, mv_paddr_t gpa, const void *bytes, size_t len, 
     mv_domain_t *d = v->d;
     mv_gfn_t gfn = gpa >> MV_PAGE_SHIFT;
     unsigned off = (unsigned)(gpa & (MV_PAGE_SIZE - 1));
+    /* The written frame is a page table, most often one this vCPU walked lately. */
     uint64_t seq = mv_p2m_seq(d);
     struct mv_p2m_entry pe;
-    if (mv_p2m_lookup(d, gfn, &pe) || !p2m_is_ram(pe.type))
+    mv__sh_wc_lookup(v, gfn, seq, &pe);
+    if (!p2m_is_ram(pe.type))
         return MV_EFAULT;
     if (pe.type == MV_P2M_RAM_RO)
         return MV_EACCES;

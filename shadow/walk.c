@@ -104,19 +104,29 @@ static int set_bits(mv_domain_t *d, mv_gfn_t gfn, unsigned idx, uint64_t old, ui
     return mv__p2m_engine_wrote(d, gfn, 1);
 }
 
-/*
- * The frame of table gfn, through the vCPU's walk cache while the p2m's sequence number
- * has not moved (any change of the p2m moves it; an entry filled while a change was in
- * flight carries the number before it and dies when the change ends).
- */
+void mv__sh_wc_lookup(mv_vcpu_t *v, mv_gfn_t gfn, uint64_t seq, struct mv_p2m_entry *pe)
+{
+    /* An entry filled while a p2m change was in flight carries the number from before it
+     * and dies when the change ends (it moves the number). */
+    struct sh_wc *c = &shv_of(v)->wc[(gfn ^ (gfn >> 6)) & (SH_WALK_CACHE - 1)];
+    if (c->seq != seq || c->gfn != gfn) {
+        struct mv_p2m_entry e;
+        if (mv_p2m_lookup(v->d, gfn, &e))
+            e.type = MV_P2M_INVALID;
+        *c = (struct sh_wc){.seq = seq, .gfn = gfn, .mfn = e.mfn, .type = (uint8_t)e.type,
+                            .access = (uint8_t)e.access};
+    }
+    pe->mfn = c->mfn;
+    pe->type = c->type;
+    pe->access = c->access;
+}
+
+/* The frame of table gfn (MV_INVALID_MFN: not readable RAM), through the walk cache. */
 static mv_mfn_t table_mfn_cached(mv_vcpu_t *v, mv_gfn_t gfn, uint64_t seq)
 {
-    struct sh_wc *c = &shv_of(v)->wc[(gfn ^ (gfn >> 6)) & (SH_WALK_CACHE - 1)];
-    if (c->seq == seq && c->gfn == gfn)
-        return c->mfn;
-    mv_mfn_t m = table_mfn(v->d, gfn);
-    *c = (struct sh_wc){.seq = seq, .gfn = gfn, .mfn = m};
-    return m;
+    struct mv_p2m_entry pe;
+    mv__sh_wc_lookup(v, gfn, seq, &pe);
+    return p2m_is_ram(pe.type) && (pe.access & MV_P2M_R) ? pe.mfn : MV_INVALID_MFN;
 }
 
 int mv__sh_walk(mv_vcpu_t *v, uint64_t cr3, uint64_t va, uint32_t ec, uint32_t access,
