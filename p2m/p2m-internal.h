@@ -172,6 +172,23 @@ static inline struct mv_p2m *p2m_of(const mv_domain_t *d)
     return (struct mv_p2m *)d->mod[MV_MOD_P2M];
 }
 
+/*
+ * mv_p2m_seq and mv_p2m_in_progress inline, for the engine's own hot paths (the domain
+ * has a p2m). A reader that saw `seq` before reading entries trusts them if, later, no
+ * change is in progress and the number has not moved.
+ */
+static inline uint64_t mv__p2m_seq(const mv_domain_t *d)
+{
+    return atomic_load_explicit(&p2m_of(d)->seq, memory_order_acquire);
+}
+
+static inline bool mv__p2m_unchanged(const mv_domain_t *d, uint64_t seq)
+{
+    const struct mv_p2m *p = p2m_of(d);
+    return !atomic_load_explicit(&p->in_progress, memory_order_acquire) &&
+           atomic_load_explicit(&p->seq, memory_order_acquire) == seq;
+}
+
 static inline mv_ept_t *ept_va(const mv_host_t *h, mv_mfn_t table)
 {
     return (mv_ept_t *)mv__mfn_va(h, table);

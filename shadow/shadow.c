@@ -25,7 +25,8 @@
 uint64_t mv__sh_leaf(struct sh_domain *s, mv_gfn_t gfn, uint64_t g, bool nxe)
 {
     struct mv_p2m_entry pe;
-    if (mv_p2m_in_progress(s->d) || mv_p2m_lookup(s->d, gfn, &pe))
+    if (atomic_load_explicit(&p2m_of(s->d)->in_progress, memory_order_acquire) ||
+        mv_p2m_lookup(s->d, gfn, &pe))
         return 0;
     return mv__sh_leaf_pe(s, gfn, &pe, g, nxe);
 }
@@ -529,7 +530,7 @@ again:
     if (rc < 0)
         return rc;
     if (rc == 1) {
-        if (mv_p2m_seq(v->d) != w.seq || mv_p2m_in_progress(v->d))
+        if (!mv__p2m_unchanged(v->d, w.seq))
             return fault_outcome(s, out, MV_SHADOW_FIXED, 0, 0); /* read while it changed */
         return fault_outcome(s, out, MV_SHADOW_INJECT, w.pfec, 0);
     }
@@ -569,7 +570,7 @@ again:
     mv_spin_lock(&s->lock);
     s->section++;
     uint32_t kind = MV_SHADOW_FIXED;
-    if (mv_p2m_in_progress(v->d) || mv_p2m_seq(v->d) != w.seq) {
+    if (!mv__p2m_unchanged(v->d, w.seq)) {
         /* retry: the p2m changed since the walk read it (or is changing) */
     } else {
         w.leaf_pe = pe; /* read under the same sequence number */
@@ -769,7 +770,7 @@ static int emulate(mv_vcpu_t *v, mv_paddr_t gpa, const void *bytes, size_t len, 
     mv_gfn_t gfn = gpa >> MV_PAGE_SHIFT;
     unsigned off = (unsigned)(gpa & (MV_PAGE_SIZE - 1));
     /* The written frame is a page table, most often one this vCPU walked lately. */
-    uint64_t seq = mv_p2m_seq(d);
+    uint64_t seq = mv__p2m_seq(d);
     struct mv_p2m_entry pe;
     mv__sh_wc_lookup(v, gfn, seq, &pe);
     if (!p2m_is_ram(pe.type))
@@ -779,7 +780,7 @@ static int emulate(mv_vcpu_t *v, mv_paddr_t gpa, const void *bytes, size_t len, 
     if (pe.type == MV_P2M_RAM_SHARED)
         return MV_EOPNOTSUPP;
     mv_spin_lock(&s->lock);
-    if (!mv_p2m_in_progress(d) && mv_p2m_seq(d) == seq) {
+    if (mv__p2m_unchanged(d, seq)) {
         /*
          * The entry read is still the p2m's, and stays so until we unlock: a change to it
          * has to take this lock in our listener first (XSA-219: the frame cannot be freed

@@ -140,7 +140,7 @@ int mv__sh_walk(mv_vcpu_t *v, uint64_t cr3, uint64_t va, uint32_t ec, uint32_t a
     w->va = va;
     /* The sequence number first: whatever changes the p2m after it moves it, and the
      * caller builds only if it has not moved (and no change is in flight). */
-    w->seq = mv_p2m_seq(d);
+    w->seq = mv__p2m_seq(d);
     w->w = w->u = true;
     w->nx = false;
     for (int l = 0; l < 4; l++)
