@@ -94,12 +94,18 @@ static void lru_push(struct sh_domain *s, uint32_t pi)
     s->lru_head = pi;
 }
 
-/* A use moves the shadow to the head, once per locked section at most (the fault path
- * meets each table of its path twice). */
+/*
+ * A use moves the shadow to the head - unless it moved there within the last
+ * in_use / 16 locked sections (at least the current one): a section moves a handful of
+ * shadows, so it is still among the most recent sixteenth or so, and the tables every
+ * fault goes through (a guest's L4, L3, L2) do not move three times per fault. Below 32
+ * shadows the order is exact.
+ */
 void mv__sh_touch(struct sh_domain *s, uint32_t pi)
 {
     struct sh_page *sp = &s->pages[pi];
-    if (s->lru_head == pi || sp->touched == s->section)
+    uint64_t window = s->in_use / 16 ? s->in_use / 16 : 1;
+    if (s->lru_head == pi || s->section - sp->touched < window)
         return;
     sp->touched = s->section;
     lru_remove(s, pi);
@@ -193,6 +199,7 @@ uint32_t mv__sh_create(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn, un
     sp->oos = 0;
     sp->dead_root = false;
     sp->writes = sp->idle_writes = 0;
+    sp->touched = s->section; /* pushed at the head below */
     sp->up = SH_NIL;
     atomic_store_explicit(&mv__frame(s->d->h, sp->smfn)->owner, MV_OWNER_INTERNAL,
                           memory_order_release);

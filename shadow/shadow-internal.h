@@ -192,7 +192,17 @@ bool mv__sh_reserved(uint64_t e, unsigned lv, unsigned pbits, bool nxe, bool gb)
  * walked lately), valid for p2m sequence number seq: read it before calling, and check
  * it has not moved (and no change is in flight) before trusting the result.
  */
-void mv__sh_wc_lookup(mv_vcpu_t *v, mv_gfn_t gfn, uint64_t seq, struct mv_p2m_entry *pe);
+struct sh_wc *mv__sh_wc_fill(mv_vcpu_t *v, struct sh_wc *c, mv_gfn_t gfn, uint64_t seq);
+static inline void mv__sh_wc_lookup(mv_vcpu_t *v, mv_gfn_t gfn, uint64_t seq,
+                                    struct mv_p2m_entry *pe)
+{
+    struct sh_wc *c = &shv_of(v)->wc[(gfn ^ (gfn >> 6)) & (SH_WALK_CACHE - 1)];
+    if (MV_UNLIKELY(c->seq != seq || c->gfn != gfn))
+        c = mv__sh_wc_fill(v, c, gfn, seq);
+    pe->mfn = c->mfn;
+    pe->type = c->type;
+    pe->access = c->access;
+}
 /* Read a guest entry at gfn's entry idx (no hold: the caller validates with the p2m seq). */
 int mv__sh_guest_entry(mv_domain_t *d, mv_gfn_t gfn, unsigned idx, uint64_t *e);
 /*

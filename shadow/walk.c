@@ -104,21 +104,17 @@ static int set_bits(mv_domain_t *d, mv_gfn_t gfn, unsigned idx, uint64_t old, ui
     return mv__p2m_engine_wrote(d, gfn, 1);
 }
 
-void mv__sh_wc_lookup(mv_vcpu_t *v, mv_gfn_t gfn, uint64_t seq, struct mv_p2m_entry *pe)
+/* A walk cache miss: slot c gets gfn's entry, tagged with seq. */
+struct sh_wc *mv__sh_wc_fill(mv_vcpu_t *v, struct sh_wc *c, mv_gfn_t gfn, uint64_t seq)
 {
     /* An entry filled while a p2m change was in flight carries the number from before it
      * and dies when the change ends (it moves the number). */
-    struct sh_wc *c = &shv_of(v)->wc[(gfn ^ (gfn >> 6)) & (SH_WALK_CACHE - 1)];
-    if (c->seq != seq || c->gfn != gfn) {
-        struct mv_p2m_entry e;
-        if (mv_p2m_lookup(v->d, gfn, &e))
-            e.type = MV_P2M_INVALID;
-        *c = (struct sh_wc){.seq = seq, .gfn = gfn, .mfn = e.mfn, .type = (uint8_t)e.type,
-                            .access = (uint8_t)e.access};
-    }
-    pe->mfn = c->mfn;
-    pe->type = c->type;
-    pe->access = c->access;
+    struct mv_p2m_entry e;
+    if (mv_p2m_lookup(v->d, gfn, &e))
+        e.type = MV_P2M_INVALID;
+    *c = (struct sh_wc){.seq = seq, .gfn = gfn, .mfn = e.mfn, .type = (uint8_t)e.type,
+                        .access = (uint8_t)e.access};
+    return c;
 }
 
 /* The frame of table gfn (MV_INVALID_MFN: not readable RAM), through the walk cache. */
