@@ -355,7 +355,7 @@ struct sim_tlbe *mv__sim_tlb_find(struct mv_sim_vcpu *sv, uint64_t va)
         uint64_t tag;
         struct sim_tlbe *set = set_of(sv, va, size, &tag);
         for (unsigned w = 0; w < SIM_TLB_WAYS; w++)
-            if (set[w].valid && set[w].tag == tag)
+            if (mv__sim_tlbe_live(&sv->tlb, &set[w]) && set[w].tag == tag)
                 return &set[w];
     }
     return NULL;
@@ -366,7 +366,7 @@ struct sim_tlbe *mv__sim_tlb_victim(struct mv_sim_vcpu *sv, uint64_t va, unsigne
     uint64_t tag;
     struct sim_tlbe *set = set_of(sv, va, size, &tag);
     for (unsigned w = 0; w < SIM_TLB_WAYS; w++)
-        if (!set[w].valid)
+        if (!mv__sim_tlbe_live(&sv->tlb, &set[w]))
             return &set[w];
     uint8_t *next = &sv->tlb.next[size][tag % SIM_TLB_SETS];
     struct sim_tlbe *e = &set[*next];
@@ -387,9 +387,14 @@ void mv__sim_tlb_flush_one(struct mv_sim_vcpu *sv, uint64_t va)
 
 void mv__sim_tlb_flush_all(struct mv_sim_vcpu *sv, bool keep_global)
 {
-    struct sim_tlbe *e = &sv->tlb.e[0][0][0];
-    size_t n = SIM_TLB_SIZES * SIM_TLB_SETS * SIM_TLB_WAYS;
-    for (size_t i = 0; i < n; i++)
+    struct sim_tlb *t = &sv->tlb;
+    bool wrapped = keep_global ? ++t->ngen == 0 : ++t->gen == 0;
+    if (!wrapped)
+        return;
+    /* Once in 2^32 flushes a number comes back: entries that carried it must not live
+     * again, so this one flush clears them as it is asked. */
+    struct sim_tlbe *e = &t->e[0][0][0];
+    for (size_t i = 0; i < SIM_TLB_SIZES * SIM_TLB_SETS * SIM_TLB_WAYS; i++)
         if (!keep_global || !(e[i].flags & TLBF_G))
             e[i].valid = 0;
 }

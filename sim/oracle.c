@@ -387,7 +387,7 @@ int mv_sim_tlb_check(mv_sim_vcpu_t *sv, struct mv_sim_tlb_report *rep)
         for (unsigned set = 0; set < SIM_TLB_SETS; set++) {
             for (unsigned way = 0; way < SIM_TLB_WAYS; way++) {
                 const struct sim_tlbe *e = &sv->tlb.e[size][set][way];
-                if (!e->valid)
+                if (!mv__sim_tlbe_live(&sv->tlb, e))
                     continue;
                 rep->entries++;
                 uint64_t va = mv__sim_tlbe_va(size, e);

@@ -43,18 +43,30 @@ struct sim_tlbe {
     uint64_t tag;      /* va >> (12 + 9 * size) */
     uint64_t addr;     /* gpa (HVM) or machine address (PV) of the entry's first byte */
     mv_mfn_t mfn;      /* the entry's first 4 KiB frame */
-    uint8_t valid;
+    uint8_t valid;     /* live only while gen (and, unless global, ngen) match the TLB's */
     uint8_t flags;     /* TLBF_* */
     uint8_t ept;       /* HAP: EPT rights of the final translation (EPT_R/W/X) */
     uint8_t npath;
     uint32_t gorder;   /* the guest leaf's order (the entry may be smaller under HAP) */
+    uint32_t gen, ngen;
     struct sim_path path[4];
 };
 
+/*
+ * A full flush is O(1), as the hardware's is: it moves a generation number instead of
+ * clearing 1536 entries. `gen` moves at every flush that drops global entries too, `ngen`
+ * at every full flush; an entry is live while it matches both (a global one: gen only).
+ */
 struct sim_tlb {
     struct sim_tlbe e[SIM_TLB_SIZES][SIM_TLB_SETS][SIM_TLB_WAYS];
     uint8_t next[SIM_TLB_SIZES][SIM_TLB_SETS]; /* round-robin victim */
+    uint32_t gen, ngen;
 };
+
+static inline bool mv__sim_tlbe_live(const struct sim_tlb *t, const struct sim_tlbe *e)
+{
+    return e->valid && e->gen == t->gen && ((e->flags & TLBF_G) || e->ngen == t->ngen);
+}
 
 /* Request bits (threaded mode): posted by any thread, handled by the vCPU's own thread. */
 #define SIM_REQ_FLUSH 0x1u       /* drop every TLB entry (the engine's flush) */

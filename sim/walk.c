@@ -279,6 +279,8 @@ static void tlb_fill(struct mv_sim_vcpu *sv, uint64_t va, unsigned size, mv_mfn_
     unsigned shift = 12 + 9 * size;
     e->tag = (va & 0x0000ffffffffffffull) >> shift;
     e->valid = 1;
+    e->gen = sv->tlb.gen;
+    e->ngen = sv->tlb.ngen;
     e->flags = (uint8_t)tf;
     e->ept = (uint8_t)ept;
     e->gorder = gorder;
