@@ -248,6 +248,14 @@ static bool unshadow_gfn(struct sh_domain *s, mv_gfn_t gfn)
     return any;
 }
 
+bool mv__sh_bulk_write(struct sh_domain *s, mv_gfn_t gfn, uint32_t tab[SH_NR_TYPES])
+{
+    mv__assert_held(&s->lock);
+    if (unshadow_gfn(s, gfn))
+        s->unshadowed_early++;
+    return mv__sh_tables_of(s, gfn, tab);
+}
+
 void mv__sh_after_write(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn,
                         const uint32_t tab[SH_NR_TYPES], const uint64_t *guest, bool cleared)
 {

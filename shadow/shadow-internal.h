@@ -241,9 +241,19 @@ void mv__sh_free_all(struct sh_domain *s);
 
 /* Writes to a frame not used as a page table meanwhile before its shadows go. */
 #define SH_UNSHADOW_WRITES 16u
+/* Entries one emulated write covers at least for the frame to count as reused as data. */
+#define SH_BULK_WRITE_ENTRIES 64u
 /* Emulated writes to an L1 before it is left writable (out of sync). */
 #define SH_UNSYNC_WRITES 1u
 
+/*
+ * An emulated write of SH_BULK_WRITE_ENTRIES or more to gfn's frame, before it is applied
+ * to the shadows (lock held): the guest copies or fills the page as data - a freed page
+ * table reused, or one zeroed to serve anew - so its shadows go (a root a vCPU runs on
+ * stays) instead of revalidating every entry; a walk that uses it as a table again
+ * shadows it again. True when a table shadow of gfn remains in tab (refreshed).
+ */
+bool mv__sh_bulk_write(struct sh_domain *s, mv_gfn_t gfn, uint32_t tab[SH_NR_TYPES]);
 /* Must writes to gfn trap? (a guest page table not tracked out of sync) */
 bool mv__sh_gfn_protected(struct sh_domain *s, mv_gfn_t gfn);
 /*

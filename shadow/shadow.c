@@ -743,6 +743,8 @@ static int emulate_locked(struct sh_domain *s, mv_vcpu_t *v, mv_gfn_t gfn,
         return 0; /* no longer a page table (dropped since the guest's write trapped) */
     const uint64_t *guest = (const uint64_t *)page;
     unsigned first = off / 8, last = (off + (unsigned)len - 1) / 8;
+    if (last - first + 1 >= SH_BULK_WRITE_ENTRIES && !mv__sh_bulk_write(s, gfn, tab))
+        return 0;
     if (mv__sh_revalidate(s, tab, guest, first, last, nxe_of(v), gb_of(v)))
         mv__sh_flush_all(s);
     bool cleared = false;

@@ -133,7 +133,8 @@ struct mv_shadow_stats {
     /* Out-of-sync L1s: out of sync now, times unsynced and resynced, and the entries the
      * resyncs fixed (each was at least one guest write that did not trap). */
     uint64_t oos_pages, unsyncs, resyncs, resync_fixed;
-    /* Heuristics: frames unshadowed because written while unused, or emptied by the guest. */
+    /* Heuristics: frames unshadowed because written while unused or written in bulk (a
+     * string copy or fill of 64 entries or more at once), or emptied by the guest. */
     uint64_t unshadowed_early, unshadowed_freed;
     /* The self-sizing pool: its bounds (budget moves between them), how often it grew and
      * shrank, and the shadows built again after being evicted (what makes it grow). */
