@@ -458,6 +458,72 @@ static void test_emulated_pte_writes(void **state)
     kill_dom(d);
 }
 
+static struct mv_shadow_stats stats(mv_domain_t *d)
+{
+    struct mv_shadow_stats st;
+    memset(&st, 0, sizeof(st));
+    st.size = sizeof(st);
+    assert_int_equal(mv_shadow_stats(d, &st), 0);
+    return st;
+}
+
+/*
+ * A page table copied over or filled as data in one write of 64 entries or more (a
+ * string copy: the frame reused, or zeroed to serve anew): its shadows go instead of 512
+ * revalidations, and a walk through it shadows it again. A shorter write is revalidated
+ * in place, and a root a vCPU runs on stays and follows a bulk write.
+ */
+static void test_bulk_write_unshadows(void **state)
+{
+    (void)state;
+    mv_domain_t *d = make_dom(5);
+    build_tree(d);
+    mv_vcpu_t *v = mv_domain_vcpu(d, 0);
+    mv_paddr_t root;
+    assert_int_equal(mv_shadow_set_cr3(v, G_L4 << 12, &root), 0);
+    assert_int_equal(fault(v, VA_BASE, MV_PFEC_W, 0, NULL), MV_SHADOW_FIXED);
+    assert_true(swalk(root, VA_BASE).present);
+    struct mv_shadow_stats st0 = stats(d);
+    assert_int_equal(st0.shadows[1], 1);
+
+    static uint64_t page[512];
+    for (unsigned i = 0; i < 512; i++)
+        page[i] = ((100ull + i) << 12) | PTE_P | PTE_W | PTE_U | PTE_A | PTE_D;
+    assert_int_equal(mv_shadow_emulate_write(v, G_L1 << 12, page, sizeof page), 0);
+    struct mv_shadow_stats st = stats(d);
+    assert_int_equal(st.unshadowed_early, st0.unshadowed_early + 1);
+    assert_int_equal(st.shadows[1], 0);
+    assert_false(swalk(root, VA_BASE).present); /* the L2 entry went with the L1 */
+    for (unsigned i = 0; i < 512; i += 97)
+        assert_int_equal(gget(d, G_L1, i), page[i]);
+    /* Walked again: shadowed again, with what the write put there. */
+    assert_int_equal(fault(v, VA_BASE + 5 * 4096, 0, 0, NULL), MV_SHADOW_FIXED);
+    struct sw r = swalk(root, VA_BASE + 5 * 4096);
+    assert_true(r.present);
+    assert_int_equal(r.mfn, mfn_of(d, 105));
+    assert_int_equal(stats(d).shadows[1], 1);
+
+    /* 63 entries: below the threshold, revalidated in place (the leaf follows at once). */
+    for (unsigned i = 0; i < 63; i++)
+        page[i] = ((200ull + i) << 12) | PTE_P | PTE_W | PTE_U | PTE_A | PTE_D;
+    assert_int_equal(mv_shadow_emulate_write(v, G_L1 << 12, page, 63 * 8), 0);
+    assert_int_equal(stats(d).shadows[1], 1);
+    r = swalk(root, VA_BASE + 5 * 4096);
+    assert_true(r.present);
+    assert_int_equal(r.mfn, mfn_of(d, 205));
+
+    /* The root the vCPU runs on, rewritten whole with what it holds: it stays. */
+    static uint64_t l4[512];
+    assert_int_equal(mv_guest_phys_read(d, G_L4 << 12, l4, sizeof l4), 0);
+    assert_int_equal(mv_shadow_emulate_write(v, G_L4 << 12, l4, sizeof l4), 0);
+    assert_int_equal(stats(d).shadows[4], 1);
+    assert_int_equal(fault(v, VA_BASE + 6 * 4096, 0, 0, NULL), MV_SHADOW_FIXED);
+    r = swalk(root, VA_BASE + 6 * 4096);
+    assert_true(r.present);
+    assert_int_equal(r.mfn, mfn_of(d, 206));
+    kill_dom(d);
+}
+
 static void test_hostile_writes(void **state)
 {
     (void)state;
@@ -764,6 +830,7 @@ int main(void)
         cmocka_unit_test(test_error_codes),
         cmocka_unit_test(test_superpages),
         cmocka_unit_test(test_emulated_pte_writes),
+        cmocka_unit_test(test_bulk_write_unshadows),
         cmocka_unit_test(test_hostile_writes),
         cmocka_unit_test(test_p2m_changes_zap),
         cmocka_unit_test(test_pool_pressure),
