@@ -22,7 +22,9 @@
  * when the guest needs less: every SH_SHRINK_WINDOW faults, if the most shadows live in
  * that window stayed under half the budget, the budget falls to one and a half times that
  * (never under the floor) and free frames go back to the heap at the next topup, or at
- * once through mv_shadow_trim.
+ * once through mv_shadow_trim. With no ceiling configured the budget also follows the
+ * guest's size (size_limit): it grows no further than a 64th of what the guest owns now
+ * plus 256, and falls to that at the next shrink decision when the guest was ballooned down.
  */
 #include "shadow-internal.h"
 
@@ -168,6 +170,20 @@ void mv__sh_set(struct sh_domain *s, uint32_t pi, unsigned idx, uint64_t val, ui
 
 /* ---- Creating and dropping shadows --------------------------------------------------------- */
 
+/*
+ * How far the budget may go now: the ceiling, or - when none was configured - a 64th of
+ * what the guest owns now plus 256, within [floor, ceiling] (the ceiling itself came from
+ * the guest's max_pages at creation): a pool follows its guest as it is populated and
+ * ballooned up and down.
+ */
+static uint32_t size_limit(const struct sh_domain *s)
+{
+    if (!s->follows_size)
+        return s->ceiling;
+    uint64_t lim = atomic_load_explicit(&s->d->pages, memory_order_relaxed) / 64 + 256;
+    return lim < s->floor ? s->floor : lim > s->ceiling ? s->ceiling : (uint32_t)lim;
+}
+
 /* The evicted filter's slot for (gfn, type), and the key kept there (never 0): a
  * multiplicative hash, its top bits for the slot (the best mixed), the next ones as key. */
 static uint32_t *evicted_slot(struct sh_domain *s, mv_gfn_t gfn, unsigned type, uint32_t *key)
@@ -222,9 +238,10 @@ uint32_t mv__sh_create(struct sh_domain *s, struct sh_vcpu *sv, mv_gfn_t gfn, un
         s->rebuilds++;
     }
     if (++s->win_creates == SH_GROW_WINDOW) {
-        if (s->win_rebuilds * 16 >= s->win_creates && s->budget < s->ceiling) {
+        uint32_t lim = size_limit(s);
+        if (s->win_rebuilds * 16 >= s->win_creates && s->budget < lim) {
             uint32_t step = s->budget / 2 > 32 ? s->budget / 2 : 32;
-            s->budget = s->ceiling - s->budget > step ? s->budget + step : s->ceiling;
+            s->budget = lim - s->budget > step ? s->budget + step : lim;
             s->grows++;
         }
         s->win_creates = s->win_rebuilds = 0;
@@ -427,7 +444,10 @@ void mv__sh_pool_tick(struct sh_domain *s)
     uint64_t need = s->win_max_used + s->win_max_used / 2 + (uint64_t)SH_TOPUP * s->d->nr_vcpus;
     if (need < s->floor)
         need = s->floor;
-    if (s->win_max_used * 2 < s->budget && need < s->budget) {
+    uint32_t lim = size_limit(s);
+    if (need > lim)
+        need = lim; /* the guest shrank: so does the pool, evicting if it must */
+    if ((s->win_max_used * 2 < s->budget || s->budget > lim) && need < s->budget) {
         s->budget = (uint32_t)need;
         s->shrinks++;
         s->trim_pending = true;
@@ -455,7 +475,10 @@ void mv__sh_pool_trim(struct sh_domain *s, bool now)
             }
             now = false;
         }
-        while (n < 32 && s->pool_frames > s->budget && s->free_head != SH_NIL) {
+        /* Free frames first; past them (a budget the guest's size lowered under what is
+         * live), the least recently used shadows are evicted. */
+        while (n < 32 && s->pool_frames > s->budget &&
+               (s->free_head != SH_NIL || evict_one(s))) {
             uint32_t pi = s->free_head;
             struct sh_page *sp = &s->pages[pi];
             s->free_head = sp->fnext;

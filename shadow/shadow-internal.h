@@ -89,6 +89,7 @@ struct sh_domain {
     uint32_t cap;                 /* slots: the ceiling */
     uint32_t budget;              /* frames the pool may hold now: floor .. ceiling */
     uint32_t floor, ceiling;
+    bool follows_size;            /* no ceiling configured: growth follows the guest's size */
     uint32_t materializing;       /* empty slots taken by topups, frames not yet in */
     struct sh_page *pages;        /* [cap] */
     uint32_t nbuckets;

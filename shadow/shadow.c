@@ -198,6 +198,7 @@ static int sh_domain_init(mv_domain_t *d)
     }
     s->floor = s->budget = (uint32_t)floor;
     s->ceiling = (uint32_t)ceiling;
+    s->follows_size = !d->shadow_pool_max_pages;
     int rc = alloc_arrays(h, s, s->ceiling);
     /* Out-of-sync state: a snapshot per slot of each vCPU, and one resync's working set. */
     size_t set_bytes = (size_t)d->nr_vcpus * s->oos_budget * sizeof(uint32_t);
@@ -1001,6 +1002,7 @@ MV_API int mv_shadow_set_budget(mv_domain_t *d, uint64_t frames)
                               memory_order_relaxed);
     s->cap = tmp.cap;
     s->budget = s->floor = s->ceiling = (uint32_t)frames;
+    s->follows_size = false;
     s->nbuckets = tmp.nbuckets;
     s->pages = tmp.pages;
     s->hash = tmp.hash;

@@ -187,6 +187,85 @@ static void test_fixed(void **state)
     shd_kill(h, d);
 }
 
+/*
+ * No ceiling configured: the pool follows the guest's size. Populated to a 16th of its
+ * max_pages, the guest's pool stops growing at a 64th of what it owns plus 256; populated
+ * further it grows on; ballooned down again, the next shrink decision brings the budget
+ * back under the limit and the frames go back to the heap.
+ */
+static void test_follows_guest_size(void **state)
+{
+    (void)state;
+    struct mv_domain_config c = {.size = sizeof(c), .domid = 12, .type = MV_DOMAIN_HVM,
+                                 .paging = MV_PAGING_SHADOW, .nr_vcpus = 2, .max_pages = 65536,
+                                 .node_affinity = MV_NODE_ANY, .shadow_pool_pages = 64};
+    mv_domain_t *d;
+    assert_int_equal(mv_domain_create(h, &c, &d), 0);
+    /* The same tables as pool_dom, in the first 4096 gfns. */
+    for (mv_gfn_t g = 0; g < 4096; g += 512) {
+        uint64_t done;
+        int rc;
+        do
+            rc = mv_populate_physmap(d, &g, 1, 9, MV_NODE_ANY, &done);
+        while (rc == MV_EAGAIN);
+        assert_int_equal(rc, 0);
+    }
+    const uint64_t table = PTE_P | PTE_W | PTE_U | PTE_A;
+    gpoke(d, 1, 0, (2ull << 12) | table);
+    gpoke(d, 2, 0, (3ull << 12) | table);
+    gpoke(d, 2, 1, (4ull << 12) | table);
+    for (unsigned t = 0; t < NL1; t++) {
+        gpoke(d, 3 + t / 512, t % 512, ((uint64_t)(L1_BASE + t) << 12) | table);
+        gpoke(d, L1_BASE + t, 0, ((uint64_t)(DATA + t) << 12) | table | PTE_D);
+    }
+    mv_vcpu_t *v = mv_domain_vcpu(d, 0);
+    (void)shd_cr3(v, 1);
+    struct mv_shadow_stats st = shd_stats(d);
+    assert_int_equal(st.pool_ceiling, 65536 / 64 + 256);
+    const uint64_t small = 4096 / 64 + 256;
+    for (unsigned round = 0; round < 6; round++)
+        for (unsigned t = 0; t < NL1; t++)
+            assert_int_equal(shd_fault(v, va_of(t, 0), MV_PFEC_U, NULL, NULL), MV_SHADOW_FIXED);
+    st = shd_stats(d);
+    assert_true(st.pool_grows > 0);
+    assert_int_equal(st.budget, small); /* wanted more, held to the guest's size */
+    /* Populated to 32768 pages: the limit is 768, and the working set gets what it needs. */
+    for (mv_gfn_t g = 4096; g < 32768; g += 512) {
+        uint64_t done;
+        int rc;
+        do
+            rc = mv_populate_physmap(d, &g, 1, 9, MV_NODE_ANY, &done);
+        while (rc == MV_EAGAIN);
+        assert_int_equal(rc, 0);
+    }
+    for (unsigned round = 0; round < 6; round++)
+        for (unsigned t = 0; t < NL1; t++)
+            assert_int_equal(shd_fault(v, va_of(t, 0), MV_PFEC_U, NULL, NULL), MV_SHADOW_FIXED);
+    st = shd_stats(d);
+    assert_true(st.budget > small && st.budget <= 32768 / 64 + 256);
+    uint64_t grown = st.pool_frames;
+    /* Ballooned down to 4096 pages: a shrink window later the pool is back under 320. */
+    uint64_t free0 = host_free();
+    for (mv_gfn_t g = 4096; g < 32768; g += 512) {
+        uint64_t done;
+        int rc;
+        do
+            rc = mv_decrease_reservation(d, &g, 1, 9, &done);
+        while (rc == MV_EAGAIN);
+        assert_int_equal(rc, 0);
+    }
+    uint64_t free1 = host_free();
+    for (unsigned k = 0; k < SH_SHRINK_WINDOW + NL1; k++)
+        assert_int_equal(shd_fault(v, va_of(k % NL1, 0), MV_PFEC_U, NULL, NULL), MV_SHADOW_FIXED);
+    assert_int_equal(mv_shadow_trim(d), 0);
+    st = shd_stats(d);
+    assert_true(st.budget <= small && st.budget >= st.pool_floor);
+    assert_true(st.pool_frames <= small && st.pool_frames < grown);
+    assert_true(host_free() > free1 && free1 > free0);
+    check_bounds(d);
+    shd_kill(h, d);
+}
+
 static void test_config_bounds(void **state)
 {
     (void)state;
@@ -223,6 +302,7 @@ int main(void)
         cmocka_unit_test(test_grow_and_shrink),
         cmocka_unit_test(test_trim_now),
         cmocka_unit_test(test_fixed),
+        cmocka_unit_test(test_follows_guest_size),
         cmocka_unit_test(test_config_bounds),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
