@@ -97,8 +97,9 @@ void mv__sh_oos_forget(struct sh_domain *s, uint32_t pi)
  * Revalidate the entries of out-of-sync pi that differ from its snapshot (lock held, the
  * frame write-protected and every vCPU flushed since). The count of entries that changed.
  */
-static unsigned sync_entries(struct sh_domain *s, uint32_t pi, bool nxe, bool gb)
+static unsigned sync_entries(struct sh_domain *s, uint32_t pi, bool nxe, bool gb, bool *empty)
 {
+    *empty = false;
     struct sh_page *sp = &s->pages[pi];
     const uint64_t *snap = mv__sh_snapshot(s, pi);
     struct mv_p2m_entry pe;
@@ -113,8 +114,10 @@ static unsigned sync_entries(struct sh_domain *s, uint32_t pi, bool nxe, bool gb
     const uint64_t *guest = (const uint64_t *)mv__mfn_va(s->d->h, pe.mfn);
     uint64_t *st = sh_table(s, sp);
     unsigned fixed = 0;
+    uint64_t any = 0; /* the guest table's present bits, ORed: it may have emptied it */
     for (unsigned i = 0; i < SH_ENTRIES; i++) {
         uint64_t g = sh_read(&guest[i]);
+        any |= g;
         if (g == snap[i])
             continue;
         fixed++;
@@ -122,11 +125,13 @@ static unsigned sync_entries(struct sh_domain *s, uint32_t pi, bool nxe, bool gb
         if (ne != st[i])
             mv__sh_set(s, pi, i, ne, key);
     }
+    *empty = !(any & X86E_P);
     return fixed;
 }
 
-/* Back in sync (lock held, after sync_entries): off the list; dropped if emptied. */
-static void settle(struct sh_domain *s, uint32_t pi, unsigned fixed, bool may_drop,
+/* Back in sync (lock held, after sync_entries): off the list; dropped if the guest
+ * emptied it (empty: what sync_entries found). */
+static void settle(struct sh_domain *s, uint32_t pi, unsigned fixed, bool empty, bool may_drop,
                    bool *dropped)
 {
     struct sh_page *sp = &s->pages[pi];
@@ -134,10 +139,7 @@ static void settle(struct sh_domain *s, uint32_t pi, unsigned fixed, bool may_dr
     sp->writes = 0;
     s->resyncs++;
     s->resync_fixed += fixed;
-    struct mv_p2m_entry pe;
-    if (may_drop && !mv_p2m_lookup(s->d, sp->gfn, &pe) && p2m_is_ram(pe.type) &&
-        pe.mfn == sp->gmfn &&
-        mv__sh_guest_empty((const uint64_t *)mv__mfn_va(s->d->h, pe.mfn))) {
+    if (may_drop && empty) {
         mv__sh_unshadow(s, pi); /* the guest emptied it: freed, most likely */
         s->unshadowed_freed++;
         *dropped = true;
@@ -159,11 +161,15 @@ static void resync_set(struct sh_domain *s, const uint32_t *pis, unsigned n, boo
     mv__sh_flush_all(s); /* no vCPU still holds a writable translation of those frames */
     bool dropped = false, was = s->resyncing;
     s->resyncing = true;
-    for (unsigned k = 0; k < n; k++)
-        s->set_fixed[k] = sync_entries(s, pis[k], nxe, gb);
+    const uint32_t emptied = 1u << 31; /* in set_fixed[k]: the guest table was empty */
+    for (unsigned k = 0; k < n; k++) {
+        bool e;
+        s->set_fixed[k] = sync_entries(s, pis[k], nxe, gb, &e) | (e ? emptied : 0);
+    }
     s->resyncing = was;
     for (unsigned k = 0; k < n; k++)
-        settle(s, pis[k], s->set_fixed[k], may_drop, &dropped);
+        settle(s, pis[k], s->set_fixed[k] & ~emptied, (s->set_fixed[k] & emptied) != 0,
+               may_drop, &dropped);
     if (dropped)
         mv__sh_flush_all(s); /* before the dropped shadows' frames serve again (I13) */
 }

@@ -111,7 +111,8 @@ struct sh_domain {
     uint32_t oos_budget;          /* out-of-sync L1s per vCPU (0: none) */
     uint32_t noos;                /* out of sync now, all vCPUs */
     bool resyncing;               /* out-of-sync frames count as protected meanwhile */
-    uint32_t *set, *set_fixed;    /* [nr_vcpus * oos_budget]: a resync's pages, entries fixed */
+    uint32_t *set, *set_fixed;    /* [nr_vcpus * oos_budget]: a resync's pages; entries fixed,
+                                   * bit 31 set when the guest table was empty */
     /* Table shadows per gfn bucket: a gfn whose bucket is 0 is no page table (the fast
      * answer for the leaves of data pages). */
     uint32_t tables_in[SH_RMAP_BUCKETS];
