@@ -114,8 +114,9 @@ struct mv_domain_config {
                                 * at most MV_SHADOW_OOS_MAX; MV_DOMF_SHADOW_SYNC: none */
     /* Shadow paging: the shadow pool sizes itself between a floor and a ceiling, in frames.
      * Floor: 0: 64 + 16 per vCPU; at least 16 per vCPU (its roots, a full path and working
-     * room). Ceiling: 0: the floor or a 64th of max_pages plus 256, whichever is more; at
-     * most MV_SHADOW_POOL_MAX. Equal: a pool of fixed size. */
+     * room). Ceiling: 0: the floor or a 64th of max_pages plus 256, whichever is more, and
+     * the pool then also follows the guest's size (never above a 64th of the frames it owns
+     * now plus 256); at most MV_SHADOW_POOL_MAX. Equal: a pool of fixed size. */
     uint64_t shadow_pool_pages;
     uint64_t shadow_pool_max_pages;
 };
