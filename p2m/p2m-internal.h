@@ -182,11 +182,14 @@ static inline uint64_t mv__p2m_seq(const mv_domain_t *d)
     return atomic_load_explicit(&p2m_of(d)->seq, memory_order_acquire);
 }
 
+static inline bool mv__p2m_changing(const mv_domain_t *d)
+{
+    return atomic_load_explicit(&p2m_of(d)->in_progress, memory_order_acquire) != 0;
+}
+
 static inline bool mv__p2m_unchanged(const mv_domain_t *d, uint64_t seq)
 {
-    const struct mv_p2m *p = p2m_of(d);
-    return !atomic_load_explicit(&p->in_progress, memory_order_acquire) &&
-           atomic_load_explicit(&p->seq, memory_order_acquire) == seq;
+    return !mv__p2m_changing(d) && mv__p2m_seq(d) == seq;
 }
 
 static inline mv_ept_t *ept_va(const mv_host_t *h, mv_mfn_t table)

@@ -39,7 +39,7 @@ static inline uint64_t mvb_now_ns(void)
 
 /*
  * What one mvb_now_ns() costs, as seen between two readings taken back to back: the median
- * of 255 such pairs, measured once per process. An interval between two readings holds
+ * of 255 such pairs, measured once (per source file that uses it). An interval holds
  * about that much of the clock's own time; benchmarks that time a few operations per
  * interval take it out (mvb_interval_ns), so that a 25 ns clock read (a virtual machine's
  * clock source) does not count as work.

@@ -180,7 +180,7 @@ static uint32_t size_limit(const struct sh_domain *s)
 {
     if (!s->follows_size)
         return s->ceiling;
-    uint64_t lim = atomic_load_explicit(&s->d->pages, memory_order_relaxed) / 64 + 256;
+    uint64_t lim = sh_pool_for(atomic_load_explicit(&s->d->pages, memory_order_relaxed));
     return lim < s->floor ? s->floor : lim > s->ceiling ? s->ceiling : (uint32_t)lim;
 }
 

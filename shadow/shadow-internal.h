@@ -50,6 +50,12 @@ static inline bool sh_type_is_table(unsigned t) { return t >= SH_L1 && t <= SH_L
 #define SH_RMAP_BUCKETS 4096u
 #define SH_WALK_CACHE 64u    /* table frames a vCPU's walk cache holds */
 
+/* The pool a guest of `frames` frames gets by default: a 64th of it plus 256. */
+static inline uint64_t sh_pool_for(uint64_t frames)
+{
+    return frames / 64 + 256;
+}
+
 struct sh_node {
     uint64_t key;  /* leaf: the gfn mapped; upper: the page index pointed at */
     uint32_t next; /* chain (rmap bucket or parent list) */

@@ -25,8 +25,7 @@
 uint64_t mv__sh_leaf(struct sh_domain *s, mv_gfn_t gfn, uint64_t g, bool nxe)
 {
     struct mv_p2m_entry pe;
-    if (atomic_load_explicit(&p2m_of(s->d)->in_progress, memory_order_acquire) ||
-        mv_p2m_lookup(s->d, gfn, &pe))
+    if (mv__p2m_changing(s->d) || mv_p2m_lookup(s->d, gfn, &pe))
         return 0;
     return mv__sh_leaf_pe(s, gfn, &pe, g, nxe);
 }
@@ -192,7 +191,7 @@ static int sh_domain_init(mv_domain_t *d)
     uint64_t ceiling = d->shadow_pool_max_pages;
     if (!ceiling) {
         uint64_t max = atomic_load_explicit(&d->max_pages, memory_order_relaxed);
-        ceiling = max / 64 + 256 > floor ? max / 64 + 256 : floor;
+        ceiling = sh_pool_for(max) > floor ? sh_pool_for(max) : floor;
         if (ceiling > MV_SHADOW_POOL_MAX)
             ceiling = MV_SHADOW_POOL_MAX;
     }

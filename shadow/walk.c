@@ -31,13 +31,16 @@ bool mv__sh_reserved(uint64_t e, unsigned lv, unsigned pbits, bool nxe, bool gb)
     return (e & m) != 0;
 }
 
-/* The frame backing a table gfn, or MV_INVALID_MFN when it is not RAM. */
+/* The frame a guest table's p2m entry gives, or MV_INVALID_MFN when it is not readable RAM. */
+static mv_mfn_t table_frame(const struct mv_p2m_entry *pe)
+{
+    return p2m_is_ram(pe->type) && (pe->access & MV_P2M_R) ? pe->mfn : MV_INVALID_MFN;
+}
+
 static mv_mfn_t table_mfn(mv_domain_t *d, mv_gfn_t gfn)
 {
     struct mv_p2m_entry pe;
-    if (mv_p2m_lookup(d, gfn, &pe) || !p2m_is_ram(pe.type) || !(pe.access & MV_P2M_R))
-        return MV_INVALID_MFN;
-    return pe.mfn;
+    return mv_p2m_lookup(d, gfn, &pe) ? MV_INVALID_MFN : table_frame(&pe);
 }
 
 int mv__sh_guest_entry(mv_domain_t *d, mv_gfn_t gfn, unsigned idx, uint64_t *e)
@@ -111,7 +114,7 @@ struct sh_wc *mv__sh_wc_fill(mv_vcpu_t *v, struct sh_wc *c, mv_gfn_t gfn, uint64
      * and dies when the change ends (it moves the number). */
     struct mv_p2m_entry e;
     if (mv_p2m_lookup(v->d, gfn, &e))
-        e.type = MV_P2M_INVALID;
+        e = (struct mv_p2m_entry){.mfn = MV_INVALID_MFN, .type = MV_P2M_INVALID};
     *c = (struct sh_wc){.seq = seq, .gfn = gfn, .mfn = e.mfn, .type = (uint8_t)e.type,
                         .access = (uint8_t)e.access};
     return c;
@@ -122,7 +125,7 @@ static mv_mfn_t table_mfn_cached(mv_vcpu_t *v, mv_gfn_t gfn, uint64_t seq)
 {
     struct mv_p2m_entry pe;
     mv__sh_wc_lookup(v, gfn, seq, &pe);
-    return p2m_is_ram(pe.type) && (pe.access & MV_P2M_R) ? pe.mfn : MV_INVALID_MFN;
+    return table_frame(&pe);
 }
 
 int mv__sh_walk(mv_vcpu_t *v, uint64_t cr3, uint64_t va, uint32_t ec, uint32_t access,

@@ -460,9 +460,7 @@ static void test_emulated_pte_writes(void **state)
 
 static struct mv_shadow_stats stats(mv_domain_t *d)
 {
-    struct mv_shadow_stats st;
-    memset(&st, 0, sizeof(st));
-    st.size = sizeof(st);
+    struct mv_shadow_stats st = {.size = sizeof(st)};
     assert_int_equal(mv_shadow_stats(d, &st), 0);
     return st;
 }

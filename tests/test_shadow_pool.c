@@ -33,23 +33,31 @@ static int teardown(void **state)
     return 0;
 }
 
-/* A self-sizing domain (floor, ceiling) with NL1 L1 tables, each mapping 4 data pages. */
-static mv_domain_t *pool_dom(uint32_t id, uint64_t floor, uint64_t ceiling)
+/* Populate (or decrease) gfns [from, to) in 2 MiB extents. */
+static void extents(mv_domain_t *d, mv_gfn_t from, mv_gfn_t to, bool populate)
 {
-    struct mv_domain_config c = {.size = sizeof(c), .domid = id, .type = MV_DOMAIN_HVM,
-                                 .paging = MV_PAGING_SHADOW, .nr_vcpus = 2, .max_pages = 4096,
-                                 .node_affinity = MV_NODE_ANY, .shadow_pool_pages = floor,
-                                 .shadow_pool_max_pages = ceiling};
-    mv_domain_t *d;
-    assert_int_equal(mv_domain_create(h, &c, &d), 0);
-    for (mv_gfn_t g = 0; g < 4096; g += 512) {
+    for (mv_gfn_t g = from; g < to; g += 512) {
         uint64_t done;
         int rc;
         do
-            rc = mv_populate_physmap(d, &g, 1, 9, MV_NODE_ANY, &done);
+            rc = populate ? mv_populate_physmap(d, &g, 1, 9, MV_NODE_ANY, &done)
+                          : mv_decrease_reservation(d, &g, 1, 9, &done);
         while (rc == MV_EAGAIN);
         assert_int_equal(rc, 0);
     }
+}
+
+/* A self-sizing domain (floor, ceiling; max_pages) owning its first 4096 gfns, with NL1 L1
+ * tables, each mapping 4 data pages. */
+static mv_domain_t *pool_dom(uint32_t id, uint64_t floor, uint64_t ceiling, uint64_t max_pages)
+{
+    struct mv_domain_config c = {.size = sizeof(c), .domid = id, .type = MV_DOMAIN_HVM,
+                                 .paging = MV_PAGING_SHADOW, .nr_vcpus = 2,
+                                 .max_pages = max_pages, .node_affinity = MV_NODE_ANY,
+                                 .shadow_pool_pages = floor, .shadow_pool_max_pages = ceiling};
+    mv_domain_t *d;
+    assert_int_equal(mv_domain_create(h, &c, &d), 0);
+    extents(d, 0, 4096, true);
     const uint64_t table = PTE_P | PTE_W | PTE_U | PTE_A;
     gpoke(d, 1, 0, (2ull << 12) | table);
     gpoke(d, 2, 0, (3ull << 12) | table);
@@ -86,7 +94,7 @@ static void check_bounds(mv_domain_t *d)
 static void test_grow_and_shrink(void **state)
 {
     (void)state;
-    mv_domain_t *d = pool_dom(1, 64, 1024);
+    mv_domain_t *d = pool_dom(1, 64, 1024, 4096);
     mv_vcpu_t *v = mv_domain_vcpu(d, 0);
     (void)shd_cr3(v, 1);
     struct mv_shadow_stats st = shd_stats(d);
@@ -142,7 +150,7 @@ static void test_grow_and_shrink(void **state)
 static void test_trim_now(void **state)
 {
     (void)state;
-    mv_domain_t *d = pool_dom(2, 48, 800);
+    mv_domain_t *d = pool_dom(2, 48, 800, 4096);
     mv_vcpu_t *v = mv_domain_vcpu(d, 1);
     (void)shd_cr3(v, 1);
     for (unsigned round = 0; round < 3; round++)
@@ -174,7 +182,7 @@ static void test_trim_now(void **state)
 static void test_fixed(void **state)
 {
     (void)state;
-    mv_domain_t *d = pool_dom(3, 40, 40);
+    mv_domain_t *d = pool_dom(3, 40, 40, 4096);
     mv_vcpu_t *v = mv_domain_vcpu(d, 0);
     (void)shd_cr3(v, 1);
     for (unsigned round = 0; round < 2; round++)
@@ -196,28 +204,7 @@ static void test_fixed(void **state)
 static void test_follows_guest_size(void **state)
 {
     (void)state;
-    struct mv_domain_config c = {.size = sizeof(c), .domid = 12, .type = MV_DOMAIN_HVM,
-                                 .paging = MV_PAGING_SHADOW, .nr_vcpus = 2, .max_pages = 65536,
-                                 .node_affinity = MV_NODE_ANY, .shadow_pool_pages = 64};
-    mv_domain_t *d;
-    assert_int_equal(mv_domain_create(h, &c, &d), 0);
-    /* The same tables as pool_dom, in the first 4096 gfns. */
-    for (mv_gfn_t g = 0; g < 4096; g += 512) {
-        uint64_t done;
-        int rc;
-        do
-            rc = mv_populate_physmap(d, &g, 1, 9, MV_NODE_ANY, &done);
-        while (rc == MV_EAGAIN);
-        assert_int_equal(rc, 0);
-    }
-    const uint64_t table = PTE_P | PTE_W | PTE_U | PTE_A;
-    gpoke(d, 1, 0, (2ull << 12) | table);
-    gpoke(d, 2, 0, (3ull << 12) | table);
-    gpoke(d, 2, 1, (4ull << 12) | table);
-    for (unsigned t = 0; t < NL1; t++) {
-        gpoke(d, 3 + t / 512, t % 512, ((uint64_t)(L1_BASE + t) << 12) | table);
-        gpoke(d, L1_BASE + t, 0, ((uint64_t)(DATA + t) << 12) | table | PTE_D);
-    }
+    mv_domain_t *d = pool_dom(12, 64, 0, 65536);
     mv_vcpu_t *v = mv_domain_vcpu(d, 0);
     (void)shd_cr3(v, 1);
     struct mv_shadow_stats st = shd_stats(d);
@@ -230,14 +217,7 @@ static void test_follows_guest_size(void **state)
     assert_true(st.pool_grows > 0);
     assert_int_equal(st.budget, small); /* wanted more, held to the guest's size */
     /* Populated to 32768 pages: the limit is 768, and the working set gets what it needs. */
-    for (mv_gfn_t g = 4096; g < 32768; g += 512) {
-        uint64_t done;
-        int rc;
-        do
-            rc = mv_populate_physmap(d, &g, 1, 9, MV_NODE_ANY, &done);
-        while (rc == MV_EAGAIN);
-        assert_int_equal(rc, 0);
-    }
+    extents(d, 4096, 32768, true);
     for (unsigned round = 0; round < 6; round++)
         for (unsigned t = 0; t < NL1; t++)
             assert_int_equal(shd_fault(v, va_of(t, 0), MV_PFEC_U, NULL, NULL), MV_SHADOW_FIXED);
@@ -246,14 +226,7 @@ static void test_follows_guest_size(void **state)
     uint64_t grown = st.pool_frames;
     /* Ballooned down to 4096 pages: a shrink window later the pool is back under 320. */
     uint64_t free0 = host_free();
-    for (mv_gfn_t g = 4096; g < 32768; g += 512) {
-        uint64_t done;
-        int rc;
-        do
-            rc = mv_decrease_reservation(d, &g, 1, 9, &done);
-        while (rc == MV_EAGAIN);
-        assert_int_equal(rc, 0);
-    }
+    extents(d, 4096, 32768, false);
     uint64_t free1 = host_free();
     for (unsigned k = 0; k < SH_SHRINK_WINDOW + NL1; k++)
         assert_int_equal(shd_fault(v, va_of(k % NL1, 0), MV_PFEC_U, NULL, NULL), MV_SHADOW_FIXED);
